@@ -1,0 +1,149 @@
+"""The read-only filesystem view of an imagefs image, by inode, with no FUSE in sight.
+
+Answers lookup, getattr, readdir, readlink, listxattr/getxattr and read. Inode numbers seen
+by users are bootstrap indices + 1 (so the root is 1, as FUSE expects). The FUSE adapter,
+`unpack`, `check` and `inspect` all go through this class.
+"""
+
+from __future__ import annotations
+
+import errno
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from imagefs.chunks import ChunkSource, ReadStats
+from imagefs.errors import FsError
+from imagefs.format import Bootstrap
+
+ROOT_INO = 1
+BLOCK = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Attr:
+    ino: int
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    size: int
+    rdev_major: int
+    rdev_minor: int
+    mtime_ns: int
+
+    @property
+    def blocks(self) -> int:
+        return (self.size + BLOCK - 1) // BLOCK
+
+
+class FileSystemView:
+    """Lookups and reads over one bootstrap and one chunk source."""
+
+    def __init__(self, bootstrap: Bootstrap, chunks: ChunkSource, stats: ReadStats | None = None):
+        self.bootstrap = bootstrap
+        self.chunks = chunks
+        self.stats = stats or ReadStats()
+
+    def _index(self, ino: int) -> int:
+        index = ino - 1
+        if not 0 <= index < self.bootstrap.inode_count:
+            raise FsError(errno.ENOENT, f"no inode {ino}")
+        return index
+
+    # -- names -------------------------------------------------------------------------------
+
+    def lookup(self, parent: int, name: bytes) -> int:
+        index = self._index(parent)
+        node = self.bootstrap.inode(index)
+        if not node.is_dir:
+            raise FsError(errno.ENOTDIR, "not a directory")
+        if name == b".":
+            return parent
+        if name == b"..":
+            return node.parent + 1
+        child = self.bootstrap.lookup(index, name)
+        if child is None:
+            raise FsError(errno.ENOENT, f"{name!r} not found")
+        return child + 1
+
+    def resolve(self, path: bytes) -> int:
+        """Inode of an absolute or root-relative path, without following symlinks."""
+        ino = ROOT_INO
+        for part in path.split(b"/"):
+            if part:
+                ino = self.lookup(ino, part)
+        return ino
+
+    def readdir(self, ino: int) -> Iterator[tuple[bytes, int]]:
+        """(name, ino) of a directory's entries, sorted by name, without `.` and `..`."""
+        index = self._index(ino)
+        if not self.bootstrap.inode(index).is_dir:
+            raise FsError(errno.ENOTDIR, "not a directory")
+        for name, child in self.bootstrap.entries(index):
+            yield name, child + 1
+
+    def walk(self, ino: int = ROOT_INO, prefix: bytes = b"") -> Iterator[tuple[bytes, int]]:
+        """Every (path, ino) below `ino`, depth-first in name order; paths are root-relative."""
+        for name, child in self.readdir(ino):
+            path = prefix + name
+            yield path, child
+            if stat.S_ISDIR(self.bootstrap.inode(child - 1).mode):
+                yield from self.walk(child, path + b"/")
+
+    # -- metadata ----------------------------------------------------------------------------
+
+    def getattr(self, ino: int) -> Attr:
+        node = self.bootstrap.inode(self._index(ino))
+        return Attr(
+            ino,
+            node.mode,
+            node.nlink,
+            node.uid,
+            node.gid,
+            node.size,
+            node.rdev_major,
+            node.rdev_minor,
+            node.mtime_ns,
+        )
+
+    def readlink(self, ino: int) -> bytes:
+        index = self._index(ino)
+        if not self.bootstrap.inode(index).is_symlink:
+            raise FsError(errno.EINVAL, "not a symlink")
+        return self.bootstrap.symlink_target(index)
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        return [name for name, _ in self.bootstrap.xattrs(self._index(ino))]
+
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        for key, value in self.bootstrap.xattrs(self._index(ino)):
+            if key == name:
+                return value
+        raise FsError(errno.ENODATA, f"no xattr {name!r}")
+
+    # -- data --------------------------------------------------------------------------------
+
+    def read(self, ino: int, offset: int, size: int) -> bytes:
+        """Up to `size` bytes of a regular file from `offset` (short only at end of file)."""
+        index = self._index(ino)
+        node = self.bootstrap.inode(index)
+        if not node.is_reg:
+            raise FsError(errno.EISDIR if node.is_dir else errno.EINVAL, "not a regular file")
+        if offset < 0 or size < 0:
+            raise FsError(errno.EINVAL, "negative offset or size")
+        end = min(node.size, offset + size)
+        if offset >= end:
+            return b""
+        placed = list(self.bootstrap.file_chunks(index, offset, end))
+        datas = self.chunks.get_chunks([ref for _, ref in placed])
+        if len(placed) == 1:
+            start = placed[0][0]
+            out = datas[0][offset - start : end - start]
+        else:
+            parts = []
+            for (start, _ref), data in zip(placed, datas, strict=True):
+                parts.append(data[max(0, offset - start) : end - start])
+            out = b"".join(parts)
+        self.stats.add(bytes_read=len(out))
+        return out
