@@ -213,29 +213,59 @@ class FetchingChunkSource:
 
 
 class CachedChunkSource:
-    """Serves chunks from a cache, fetching the misses in one batch from `inner`."""
+    """Serves chunks from a cache, fetching the misses in one batch from `inner`.
+
+    Single-flight: a chunk that another thread is already fetching is waited for, not
+    fetched again (the kernel issues parallel readahead requests for neighbouring pages).
+    """
 
     def __init__(self, inner: ChunkSource, cache: ChunkCache, stats: ReadStats) -> None:
         self._inner = inner
         self._cache = cache
         self._stats = stats
+        self._lock = threading.Lock()
+        self._inflight: dict[ChunkDigest, threading.Event] = {}
 
     def get_chunks(self, refs: Sequence[ChunkRef]) -> list[bytes]:
-        out: list[bytes | None] = [self._cache.get(r.digest) for r in refs]
-        missing = [r for r, d in zip(refs, out, strict=True) if d is None]
-        hits = len(refs) - len(missing)
-        if hits:
-            self._stats.add(cache_hits=hits)
+        found: dict[ChunkDigest, bytes] = {}
+        missing: dict[ChunkDigest, ChunkRef] = {}
+        for r in refs:
+            if r.digest not in found and r.digest not in missing:
+                data = self._cache.get(r.digest)
+                if data is None:
+                    missing[r.digest] = r
+                else:
+                    found[r.digest] = data
+        if found:
+            self._stats.add(cache_hits=sum(1 for r in refs if r.digest in found))
         if missing:
-            fetched = dict(
-                zip((r.digest for r in missing), self._inner.get_chunks(missing), strict=True)
-            )
-            for digest, data in fetched.items():
-                self._cache.put(digest, data)
-            return [
-                d if d is not None else fetched[r.digest] for r, d in zip(refs, out, strict=True)
-            ]
-        return out  # type: ignore[return-value]  # no misses: every entry is bytes
+            mine: list[ChunkRef] = []
+            waits: list[tuple[ChunkRef, threading.Event]] = []
+            with self._lock:
+                for digest, r in missing.items():
+                    event = self._inflight.get(digest)
+                    if event is None:
+                        self._inflight[digest] = threading.Event()
+                        mine.append(r)
+                    else:
+                        waits.append((r, event))
+            try:
+                if mine:
+                    for ref, data in zip(mine, self._inner.get_chunks(mine), strict=True):
+                        self._cache.put(ref.digest, data)
+                        found[ref.digest] = data
+            finally:
+                with self._lock:
+                    for r in mine:
+                        self._inflight.pop(r.digest).set()
+            for r, event in waits:
+                event.wait()
+                data = self._cache.get(r.digest)
+                if data is None:  # the other fetch failed, or the cache declined the entry
+                    data = self._inner.get_chunks([r])[0]
+                    self._cache.put(r.digest, data)
+                found[r.digest] = data
+        return [found[r.digest] for r in refs]
 
 
 # ---------------------------------------------------------------------------------------------

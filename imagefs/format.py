@@ -84,13 +84,18 @@ MAX_CHUNK_SIZE = 16 * 1024 * 1024  # no chunk may claim more uncompressed bytes 
 
 def encode_blob_tail(chunks: Sequence[BlobChunk], table_offset: int) -> bytes:
     """The chunk table and footer that follow a blob's chunk data (which ends at table_offset)."""
-    parts = [
-        _BLOB_ENTRY.pack(c.digest.raw, c.offset, c.stored_size, c.size, int(c.compression), 0)
-        for c in chunks
-    ]
-    parts.append(
-        _BLOB_FOOTER.pack(BLOB_MAGIC, FORMAT_MAJOR, FORMAT_MINOR, 0, table_offset, len(chunks), 0)
-    )
+    try:
+        parts = [
+            _BLOB_ENTRY.pack(c.digest.raw, c.offset, c.stored_size, c.size, int(c.compression), 0)
+            for c in chunks
+        ]
+        parts.append(
+            _BLOB_FOOTER.pack(
+                BLOB_MAGIC, FORMAT_MAJOR, FORMAT_MINOR, 0, table_offset, len(chunks), 0
+            )
+        )
+    except struct.error as exc:
+        raise FormatError(f"blob chunk table field out of range: {exc}") from None
     return b"".join(parts)
 
 
@@ -165,6 +170,13 @@ class ChunkCodec:
             )
         if ref.compression is Compression.ZSTD:
             try:
+                # zstandard allocates the size a frame header claims (ignoring
+                # max_output_size), so check the claim before decompressing.
+                claimed = zstandard.get_frame_parameters(stored).content_size
+                if claimed != ref.size:
+                    raise IntegrityError(
+                        f"chunk {ref.digest} frame claims {claimed} bytes, expected {ref.size}"
+                    )
                 data = self._dctx.decompress(stored, max_output_size=ref.size)
             except zstandard.ZstdError as exc:
                 raise IntegrityError(f"chunk {ref.digest} does not decompress: {exc}") from None
@@ -328,7 +340,20 @@ def encode_bootstrap(
 
     Deterministic: the same inputs give the same bytes. Link counts and parents are derived.
     `blobs` lists every blob a chunk lives in, in the order the image's manifest lists them.
+    A value that does not fit its field (a negative or > u32 uid, ...) is a `FormatError`.
     """
+    try:
+        return _encode_bootstrap(inodes, chunks, blobs, prefetch)
+    except struct.error as exc:
+        raise FormatError(f"bootstrap field out of range: {exc}") from None
+
+
+def _encode_bootstrap(
+    inodes: Sequence[InodeSpec],
+    chunks: Sequence[ChunkRef],
+    blobs: Sequence[BlobInfo],
+    prefetch: Sequence[int],
+) -> bytes:
     if not inodes or inodes[0].kind is not Kind.DIR:
         raise FormatError("bootstrap root must be a directory")
     n = len(inodes)
@@ -404,7 +429,12 @@ def encode_bootstrap(
                 _XATTR.pack(strings.add(key), len(key), strings.add(value), len(value))
             )
         mtime_s, mtime_ns = divmod(spec.mtime_ns, 1_000_000_000)
-        size = spec.size if spec.kind is Kind.REG else (len(spec.target) if b else 0)
+        if spec.kind is Kind.REG:
+            size = spec.size
+        elif spec.kind is Kind.LNK:
+            size = len(spec.target)
+        else:
+            size = 0
         inode_records.append(
             _INODE.pack(
                 int(spec.kind) | (spec.mode & 0o7777),
@@ -659,18 +689,30 @@ class Bootstrap:
             yield self.chunk(i)
 
     def validate(self) -> None:
-        """Decode every record and check every cross-reference (used by `imagefs check`)."""
+        """Decode every record and check every cross-reference (used by `imagefs check`).
+
+        Also checks the directory graph is a tree: each directory other than the root is
+        named by exactly one entry, in the directory its `parent` field names (so a walk
+        from the root terminates)."""
+        blob_sizes = {b.digest: b.size for b in self.blobs}
         for c in range(self.chunk_count):
-            self.chunk(c)
+            ref = self.chunk(c)
+            if ref.offset + ref.stored_size > blob_sizes[ref.blob]:
+                raise FormatError(f"chunk {c} lies outside its blob")
+        named_dirs: set[int] = set()
         for index in range(self.inode_count):
             node = self.inode(index)
             self.xattrs(index)
             if node.is_dir:
                 previous = None
-                for name, _child in self.entries(index):
+                for name, child in self.entries(index):
                     if previous is not None and name <= previous:
                         raise FormatError(f"directory inode {index} is not sorted")
                     previous = name
+                    if self.inode(child).is_dir:
+                        if child in named_dirs or self.inode(child).parent != index:
+                            raise FormatError(f"directory inode {child} is linked twice")
+                        named_dirs.add(child)
             elif node.is_symlink:
                 self.symlink_target(index)
             elif node.is_reg:

@@ -1,0 +1,389 @@
+"""The `imagefs` command: thin click commands that parse, build the config, call one service
+function and render text or `--json`. One error handler turns `ImagefsError` into a
+one-line message and its exit code (a traceback only with `--debug`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from imagefs import config as config_mod
+from imagefs.chunks import LmdbChunkCache
+from imagefs.config import Config
+from imagefs.errors import ImagefsError, UsageError
+
+pass_config = click.make_pass_decorator(dict, ensure=True)
+
+
+def _emit(as_json: bool, data: dict[str, Any], text: Callable[[], None]) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=False))
+    else:
+        text()
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+@contextmanager
+def _progress(
+    label: str, total: int | None, enabled: bool
+) -> Iterator[Callable[[int, int | None], None]]:
+    """A rich progress bar on stderr (only on a terminal); yields `update(done, total)`."""
+    if not enabled or not sys.stderr.isatty():
+        yield lambda done, total=None: None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=total)
+
+        def update(done: int, new_total: int | None = None) -> None:
+            bar.update(task, completed=done, total=new_total if new_total else None)
+
+        yield update
+
+
+def _config(ctx_obj: dict[str, Any], **overrides: Any) -> Config:
+    return config_mod.load(file=ctx_obj.get("config_file"), overrides=overrides)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML config file (default: $IMAGEFS_CONFIG or /etc/imagefs/config.toml).",
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.version_option(package_name="imagefs")
+@click.pass_context
+def cli(ctx: click.Context, config_file: Path | None, debug: bool) -> None:
+    """imagefs: lazily mounted, chunk-deduplicated container images and models."""
+    ctx.ensure_object(dict)
+    ctx.obj["config_file"] = config_file
+    ctx.obj["debug"] = debug
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="imagefs: %(levelname)s %(name)s: %(message)s",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# convert
+
+
+@cli.command()
+@click.argument("source")
+@click.argument("target")
+@click.option("--min-chunk", "min_chunk_bytes", help="FastCDC minimum chunk size (e.g. 16KiB).")
+@click.option("--avg-chunk", "avg_chunk_bytes", help="FastCDC average chunk size (e.g. 64KiB).")
+@click.option("--max-chunk", "max_chunk_bytes", help="FastCDC maximum chunk size (e.g. 256KiB).")
+@click.option("--zstd-level", type=int, help="zstd level for chunks (default 3).")
+@click.option("--threads", "convert_threads", type=int, help="Worker threads (0: one per CPU).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_config
+def convert(obj: dict[str, Any], source: str, target: str, as_json: bool, **opts: Any) -> None:
+    """Convert SOURCE into an imagefs image at TARGET.
+
+    SOURCE: oci:PATH[:TAG], docker-archive:PATH or dir:PATH. TARGET: oci:PATH[:TAG].
+    """
+    from builder.convert import convert as run_convert
+
+    cfg = _config(obj, **opts)
+    with _progress("converting", None, not as_json) as update:
+        result = run_convert(source, target, cfg, progress=update)
+    data = {
+        "manifest_digest": str(result.manifest_digest),
+        "target": result.target,
+        "bytes_in": result.bytes_in,
+        "chunks_total": result.chunks_total,
+        "chunks_unique": result.chunks_unique,
+        "bytes_stored": result.bytes_stored,
+        "blobs": result.blobs,
+        "seconds": round(result.seconds, 3),
+        "mb_per_s": round(result.bytes_in / 1e6 / result.seconds, 1) if result.seconds else 0,
+    }
+    _emit(
+        as_json,
+        data,
+        lambda: click.echo(
+            f"{result.target} {result.manifest_digest}\n"
+            f"  {_human(result.bytes_in)} in, {result.chunks_total} chunks "
+            f"({result.chunks_unique} unique), {_human(result.bytes_stored)} stored in "
+            f"{result.blobs} blob(s), {result.seconds:.2f}s ({data['mb_per_s']} MB/s)"
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# mount / umount / stats
+
+
+def _open(image: str, cfg: Config, *, node_cache: bool) -> Any:
+    from imagefs.image import open_image, open_store
+
+    cache = LmdbChunkCache(cfg.cache_dir, cfg.cache_max_bytes) if node_cache else None
+    return open_image(open_store(image), cfg, cache=cache)
+
+
+@cli.command()
+@click.argument("image")
+@click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--foreground", is_flag=True, help="Stay attached until unmounted.")
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Node-wide chunk cache directory (default /var/lib/imagefs/cache).",
+)
+@click.option("--allow-other", is_flag=True, help="Let other users see the mount.")
+@pass_config
+def mount(
+    obj: dict[str, Any],
+    image: str,
+    mountpoint: Path,
+    foreground: bool,
+    cache_dir: Path | None,
+    allow_other: bool,
+) -> None:
+    """Mount IMAGE (oci:PATH[:TAG]) read-only at MOUNTPOINT, fetching chunks lazily."""
+    from fuse_mount import mount as mount_mod
+
+    cfg = _config(obj, cache_dir=cache_dir)
+    if not mountpoint.is_dir():
+        raise UsageError(f"mountpoint {mountpoint} is not a directory")
+    if mount_mod.is_mounted(mountpoint):
+        raise UsageError(f"{mountpoint} is already a mount point")
+    if foreground:
+        opened = _open(image, cfg, node_cache=True)
+        mount_mod.serve(opened, mountpoint, cfg, allow_other=allow_other, describe=image)
+        return
+    argv = [sys.executable, "-m", "cli.main"]
+    if obj.get("config_file"):
+        argv += ["--config", str(obj["config_file"])]
+    if obj.get("debug"):
+        argv.append("--debug")
+    argv += ["mount", "--foreground", "--cache-dir", str(cfg.cache_dir)]
+    if allow_other:
+        argv.append("--allow-other")
+    argv += [image, str(mountpoint)]
+    pid = mount_mod.spawn_background(argv, mountpoint, cfg)
+    click.echo(f"mounted {image} at {mountpoint} (pid {pid})", err=True)
+
+
+@cli.command()
+@click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--lazy", is_flag=True, help="Detach now, clean up when no longer busy.")
+@pass_config
+def umount(obj: dict[str, Any], mountpoint: Path, lazy: bool) -> None:
+    """Unmount an imagefs MOUNTPOINT."""
+    from fuse_mount.mount import unmount
+
+    unmount(mountpoint, lazy=lazy, config=_config(obj))
+
+
+@cli.command()
+@click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the counters as JSON.")
+@pass_config
+def stats(obj: dict[str, Any], mountpoint: Path, as_json: bool) -> None:
+    """Counters of a running mount: bytes read vs fetched, chunks, cache hits, requests."""
+    from fuse_mount.mount import query
+
+    data = query(mountpoint, _config(obj))
+
+    def text() -> None:
+        click.echo(f"{data['mountpoint']}  {data['image']}  (pid {data['pid']})")
+        for key in ("bytes_read", "bytes_fetched", "chunks_fetched", "cache_hits", "requests"):
+            value = data.get(key, 0)
+            shown = _human(value) if key.startswith("bytes") else str(value)
+            click.echo(f"  {key:15} {shown}")
+
+    _emit(as_json, data, text)
+
+
+# ---------------------------------------------------------------------------------------------
+# unpack / check / inspect
+
+
+@cli.command()
+@click.argument("image")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_config
+def unpack(obj: dict[str, Any], image: str, directory: Path, as_json: bool) -> None:
+    """Write the whole tree of IMAGE into DIRECTORY (new or empty), with all metadata."""
+    from imagefs.unpack import unpack as run_unpack
+
+    cfg = _config(obj)
+    opened = _open(image, cfg, node_cache=False)
+    total = sum(
+        opened.bootstrap.inode(i).size
+        for i in range(opened.bootstrap.inode_count)
+        if opened.bootstrap.inode(i).is_reg
+    )
+    done = 0
+    with _progress("unpacking", total, not as_json) as update:
+
+        def step(n: int) -> None:
+            nonlocal done
+            done += n
+            update(done, total)
+
+        result = run_unpack(opened.view, directory, progress=step)
+    data = {
+        "target": result.target,
+        "entries": result.entries,
+        "bytes_written": result.bytes_written,
+    }
+    _emit(
+        as_json,
+        data,
+        lambda: click.echo(
+            f"unpacked {result.entries} entries, {_human(result.bytes_written)} into {directory}"
+        ),
+    )
+
+
+@cli.command()
+@click.argument("image")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_config
+def check(obj: dict[str, Any], image: str, as_json: bool) -> None:
+    """Decode everything in IMAGE and verify every chunk; exit non-zero on any problem."""
+    from imagefs.errors import IntegrityError
+    from imagefs.inspect import check_image
+
+    cfg = _config(obj)
+    opened = _open(image, cfg, node_cache=False)
+    total = sum(c.size for c in opened.bootstrap.chunks())
+    done = 0
+    with _progress("verifying", total, not as_json) as update:
+
+        def step(n: int) -> None:
+            nonlocal done
+            done += n
+            update(done, total)
+
+        result = check_image(opened, progress=step)
+    data = {
+        "ok": result.ok,
+        "manifest_digest": result.manifest_digest,
+        "inodes": result.inodes,
+        "blobs": result.blobs,
+        "chunks_verified": result.chunks_verified,
+        "bytes_verified": result.bytes_verified,
+        "problems": list(result.problems),
+    }
+    _emit(
+        as_json,
+        data,
+        lambda: click.echo(
+            f"{'ok' if result.ok else 'FAILED'}: {result.inodes} inodes, {result.blobs} blobs, "
+            f"{result.chunks_verified} chunks ({_human(result.bytes_verified)}) verified"
+            + "".join(f"\n  problem: {p}" for p in result.problems[:20])
+        ),
+    )
+    if not result.ok:
+        raise IntegrityError(
+            f"{image}: {len(result.problems)} problem(s); first: {result.problems[0]}"
+        )
+
+
+@cli.command()
+@click.argument("image")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_config
+def inspect(obj: dict[str, Any], image: str, as_json: bool) -> None:
+    """Files, bytes, chunks, unique chunks, dedup ratio and blobs of IMAGE."""
+    from imagefs.inspect import inspect_image
+
+    info = inspect_image(_open(image, _config(obj), node_cache=False))
+
+    def text() -> None:
+        click.echo(f"manifest   {info.manifest_digest}")
+        click.echo(
+            f"files      {info.files} ({info.hardlinked_files} hard-linked), "
+            f"{info.directories} dirs, {info.symlinks} symlinks, {info.other} other"
+        )
+        click.echo(f"bytes      {_human(info.bytes)} in files")
+        click.echo(
+            f"chunks     {info.chunks} references, {info.unique_chunks} unique "
+            f"({_human(info.unique_bytes)}), dedup ratio {info.dedup_ratio:.2f}"
+        )
+        click.echo(
+            f"stored     {_human(info.stored_bytes)} in {len(info.blobs)} blob(s), "
+            f"bootstrap {_human(info.bootstrap_bytes)}"
+        )
+        for b in info.blobs:
+            click.echo(
+                f"  blob {b.digest[:19]}  {_human(b.size):>10}  {b.chunks} chunks, "
+                f"{b.references} references"
+            )
+
+    _emit(as_json, info.to_json(), text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI with the one error handler."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="imagefs", standalone_mode=False)
+    except ImagefsError as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"imagefs: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("imagefs: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        click.echo(f"imagefs: {exc.format_message()}", err=True)
+        sys.exit(UsageError.exit_code if exc.exit_code == 2 else exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("imagefs: interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(1)
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(
+            f"imagefs: internal error: {type(exc).__name__}: {exc} "
+            "(run with --debug for a traceback)",
+            err=True,
+        )
+        sys.exit(1)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""Mount lifecycle: serve a view through FUSE, run in the background, unmount, and the
+per-mount control socket that `imagefs stats` talks to."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+import socketserver
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import mfusepy
+
+from fuse_mount.fs import ImagefsOperations
+from imagefs.config import Config
+from imagefs.errors import MountError, UsageError
+from imagefs.image import OpenedImage
+
+log = logging.getLogger(__name__)
+
+
+def _unescape_mountinfo(field: str) -> str:
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and i + 3 < len(field) and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mount_fstype(mountpoint: Path) -> str | None:
+    """The filesystem type mounted exactly at `mountpoint`, or None."""
+    target = os.path.realpath(mountpoint)
+    found = None
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields = left.split()
+            if len(fields) > 4 and _unescape_mountinfo(fields[4]) == target:
+                found = right.split()[0]
+    return found
+
+
+def is_mounted(mountpoint: Path) -> bool:
+    return mount_fstype(mountpoint) is not None
+
+
+def control_socket(config: Config, mountpoint: Path) -> Path:
+    key = hashlib.sha256(os.path.realpath(mountpoint).encode()).hexdigest()[:24]
+    return config.run_dir / "mounts" / f"{key}.sock"
+
+
+def log_file(config: Config, mountpoint: Path) -> Path:
+    return control_socket(config, mountpoint).with_suffix(".log")
+
+
+class _ControlServer(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+
+    def __init__(self, path: Path, report: Callable[[], dict[str, Any]]) -> None:
+        self.report = report
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        super().__init__(str(path), _ControlHandler)
+        os.chmod(path, 0o600)
+
+
+class _ControlHandler(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        line = self.rfile.readline(256).strip()
+        server: _ControlServer = self.server  # type: ignore[assignment]
+        if line == b"stats":
+            self.wfile.write(json.dumps(server.report()).encode() + b"\n")
+        else:
+            self.wfile.write(b'{"error": "unknown request"}\n')
+
+
+def serve(
+    opened: OpenedImage,
+    mountpoint: Path,
+    config: Config,
+    *,
+    allow_other: bool = False,
+    describe: str = "",
+) -> None:
+    """Mount `opened` at `mountpoint` and serve until unmounted (blocks)."""
+    if not mountpoint.is_dir():
+        raise MountError(f"mountpoint {mountpoint} is not a directory")
+    if is_mounted(mountpoint):
+        raise MountError(f"{mountpoint} is already a mount point")
+    started = time.time()
+    sock_path = control_socket(config, mountpoint)
+
+    def report() -> dict[str, Any]:
+        return {
+            "mountpoint": os.path.realpath(mountpoint),
+            "image": describe or opened.store.describe(),
+            "manifest_digest": str(opened.manifest_descriptor.digest),
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - started, 3),
+            **opened.stats.snapshot(),
+        }
+
+    server = _ControlServer(sock_path, report)
+    thread = threading.Thread(target=server.serve_forever, name="imagefs-control", daemon=True)
+    thread.start()
+    ops = ImagefsOperations(
+        opened.view,
+        entry_timeout_s=config.entry_timeout_s,
+        attr_timeout_s=config.attr_timeout_s,
+    )
+    options: dict[str, Any] = {
+        "foreground": True,
+        "ro": True,
+        "default_permissions": True,
+        "fsname": f"imagefs:{describe or opened.store.describe()}"[:200].replace(",", "_"),
+        "subtype": "imagefs",
+        "max_read": config.max_read_bytes,
+    }
+    if allow_other:
+        options["allow_other"] = True
+    try:
+        mfusepy.FUSE(ops, str(mountpoint), **options)
+    except RuntimeError as exc:
+        raise MountError(f"FUSE mount of {mountpoint} failed: {exc}") from None
+    finally:
+        server.shutdown()
+        server.server_close()
+        with contextlib.suppress(FileNotFoundError):
+            sock_path.unlink()
+
+
+def spawn_background(argv: Sequence[str], mountpoint: Path, config: Config) -> int:
+    """Run a foreground-mount command detached, wait until the mount is up; its PID."""
+    logpath = log_file(config, mountpoint)
+    logpath.parent.mkdir(parents=True, exist_ok=True)
+    with open(logpath, "ab") as logf:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=logf,
+            start_new_session=True,
+            close_fds=True,
+        )
+    deadline = time.monotonic() + config.mount_timeout_s
+    sock = control_socket(config, mountpoint)
+    while time.monotonic() < deadline:
+        code = proc.poll()
+        if code is not None:
+            raise MountError(_last_line(logpath) or f"mount process exited with {code}")
+        if is_mounted(mountpoint) and sock.exists():
+            return proc.pid
+        time.sleep(0.02)
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    raise MountError(f"mount of {mountpoint} did not come up within {config.mount_timeout_s}s")
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1].removeprefix("imagefs: ").strip() if lines else ""
+
+
+def unmount(mountpoint: Path, *, lazy: bool = False, config: Config | None = None) -> None:
+    fstype = mount_fstype(mountpoint)
+    if fstype is None:
+        raise MountError(f"{mountpoint} is not mounted")
+    if fstype != "fuse.imagefs":
+        raise UsageError(f"{mountpoint} is not an imagefs mount (it is {fstype})")
+    cmd = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [str(mountpoint)]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        msg = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else "unknown error"
+        raise MountError(f"cannot unmount {mountpoint}: {msg}")
+    if config is not None:
+        # the serving process removes its socket as it exits; wait briefly for it
+        sock = control_socket(config, mountpoint)
+        deadline = time.monotonic() + 5
+        while sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+
+def query(mountpoint: Path, config: Config, request: str = "stats") -> dict[str, Any]:
+    """Ask the process serving `mountpoint` for its report."""
+    if mount_fstype(mountpoint) != "fuse.imagefs":
+        raise MountError(f"{mountpoint} is not an imagefs mount")
+    path = control_socket(config, mountpoint)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(str(path))
+            s.sendall(request.encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                part = s.recv(65536)
+                if not part:
+                    break
+                data += part
+    except OSError as exc:
+        raise MountError(f"cannot reach the imagefs process of {mountpoint}: {exc}") from None
+    try:
+        value = json.loads(data)
+    except json.JSONDecodeError:
+        raise MountError(f"the imagefs process of {mountpoint} sent a bad reply") from None
+    if not isinstance(value, dict):
+        raise MountError(f"the imagefs process of {mountpoint} sent a bad reply")
+    return value
