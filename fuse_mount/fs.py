@@ -15,6 +15,10 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, ParamSpec, TypeVar
 
+# mfusepy picks libfuse 2 when both are installed; imagefs needs libfuse 3 (fuse_config:
+# kernel_cache, timeouts, use_ino). mfusepy reads this variable once, at import.
+os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
+
 import mfusepy
 
 from imagefs.errors import ImagefsError
@@ -66,6 +70,7 @@ class ImagefsOperations(mfusepy.Operations):
         *,
         entry_timeout_s: float,
         attr_timeout_s: float,
+        max_read_bytes: int = 0,
         on_access: Callable[[int], None] | None = None,
     ) -> None:
         self.view = view
@@ -74,10 +79,14 @@ class ImagefsOperations(mfusepy.Operations):
         self._entry_timeout = entry_timeout_s
         self._attr_timeout = attr_timeout_s
         self._on_access = on_access
+        self._max_read = max_read_bytes
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def init_with_config(self, conn: Any, config: Any) -> None:
+        if conn is not None and self._max_read:
+            conn.max_read = self._max_read  # must match the max_read mount option
+            conn.max_readahead = max(conn.max_readahead, self._max_read)
         if config is not None:
             config.use_ino = 1
             config.kernel_cache = 1  # the tree never changes: keep page cache across opens

@@ -120,6 +120,7 @@ def serve(
         opened.view,
         entry_timeout_s=config.entry_timeout_s,
         attr_timeout_s=config.attr_timeout_s,
+        max_read_bytes=config.max_read_bytes,
     )
     options: dict[str, Any] = {
         "foreground": True,
@@ -134,7 +135,7 @@ def serve(
     try:
         mfusepy.FUSE(ops, str(mountpoint), **options)
     except RuntimeError as exc:
-        raise MountError(f"FUSE mount of {mountpoint} failed: {exc}") from None
+        raise MountError(f"FUSE mount of {mountpoint} failed (libfuse status {exc})") from None
     finally:
         server.shutdown()
         server.server_close()
