@@ -1,0 +1,150 @@
+"""Shared fixtures: the real-component requirements (fail, never skip), the `imagefs` CLI
+run as a subprocess, and FUSE mounts that are always unmounted."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TOOLS = ("umoci", "skopeo", "fusermount3", "casync")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration/" in str(item.fspath).replace(os.sep, "/"):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(autouse=True)
+def _integration_requirements(request: pytest.FixtureRequest) -> None:
+    """Integration tests need root, /dev/fuse and the Debian tools: fail loudly without."""
+    if request.node.get_closest_marker("integration") is None:
+        return
+    problems = []
+    if os.geteuid() != 0:
+        problems.append("root")
+    if not os.path.exists("/dev/fuse"):
+        problems.append("/dev/fuse")
+    problems += [t for t in TOOLS if shutil.which(t) is None]
+    if problems:
+        pytest.fail(
+            "integration tests need " + ", ".join(problems) + ": run scripts/bootstrap as root",
+            pytrace=False,
+        )
+
+
+@dataclass
+class Env:
+    """A private imagefs environment: cache dir, run dir and CLI runner."""
+
+    root: Path
+
+    @property
+    def vars(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["IMAGEFS_CACHE_DIR"] = str(self.root / "cache")
+        env["IMAGEFS_RUN_DIR"] = str(self.root / "run")
+        env.pop("IMAGEFS_CONFIG", None)
+        return env
+
+    def run(
+        self, *args: str, check: bool = True, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run(
+            [sys.executable, "-m", "cli.main", *args],
+            cwd=REPO,
+            env=self.vars,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and res.returncode != 0:
+            raise AssertionError(
+                f"imagefs {' '.join(args)} exited {res.returncode}\n{res.stderr}{res.stdout}"
+            )
+        return res
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.run(*args, "--json").stdout)
+
+
+@pytest.fixture
+def imagefs_env(tmp_path: Path) -> Env:
+    return Env(tmp_path / "imagefs-env")
+
+
+def _mounted(path: Path) -> bool:
+    target = os.path.realpath(path)
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+        return any(line.split()[4] == target for line in f)
+
+
+@dataclass
+class Mount:
+    env: Env
+    image: str
+    path: Path
+    pid: int
+
+    def stats(self) -> dict[str, Any]:
+        data: dict[str, Any] = self.env.json("stats", str(self.path))
+        return data
+
+
+class Mounter:
+    """Mounts images for a test and always unmounts them and stops their processes."""
+
+    def __init__(self, env: Env, tmp: Path) -> None:
+        self.env = env
+        self.tmp = tmp
+        self.mounts: list[Mount] = []
+
+    def __call__(self, image: str, name: str = "mnt", *extra: str) -> Mount:
+        path = self.tmp / name
+        path.mkdir(parents=True, exist_ok=True)
+        res = self.env.run("mount", image, str(path), *extra)
+        pid = int(res.stderr.rsplit("pid ", 1)[1].split(")")[0])
+        m = Mount(self.env, image, path, pid)
+        self.mounts.append(m)
+        assert _mounted(path)
+        return m
+
+    def cleanup(self) -> None:
+        for m in reversed(self.mounts):
+            if _mounted(m.path):
+                res = subprocess.run(["fusermount3", "-u", str(m.path)], capture_output=True)
+                if res.returncode != 0:
+                    subprocess.run(["fusermount3", "-u", "-z", str(m.path)], capture_output=True)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    os.kill(m.pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.05)
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(m.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def mount_image(imagefs_env: Env, tmp_path: Path) -> Iterator[Mounter]:
+    mounter = Mounter(imagefs_env, tmp_path / "mounts")
+    try:
+        yield mounter
+    finally:
+        mounter.cleanup()
