@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import Env, Mounter
 from tests.support import samples
 from tests.support.layers import LayerBuilder
-from tests.support.oci import write_docker_archive, write_oci_layout
+from tests.support.oci import write_oci_layout
 from tests.support.trees import compare_trees, snapshot_tree, umoci_raw_unpack
 
 # The sample names every directory in its layers, so even directory mtimes must agree.
