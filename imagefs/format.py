@@ -84,6 +84,9 @@ MAX_CHUNK_SIZE = 16 * 1024 * 1024  # no chunk may claim more uncompressed bytes 
 
 def encode_blob_tail(chunks: Sequence[BlobChunk], table_offset: int) -> bytes:
     """The chunk table and footer that follow a blob's chunk data (which ends at table_offset)."""
+    for c in chunks:
+        if c.offset + c.stored_size > table_offset or c.size > MAX_CHUNK_SIZE:
+            raise FormatError(f"chunk {c.digest} lies outside the chunk data or is too large")
     try:
         parts = [
             _BLOB_ENTRY.pack(c.digest.raw, c.offset, c.stored_size, c.size, int(c.compression), 0)
@@ -361,16 +364,17 @@ def _encode_bootstrap(
         raise FormatError("too many inodes")
     nlink = [0] * n
     parent = [0] * n
-    nlink[0] = 2
+    named = [False] * n  # directories already named by an entry
     for index, spec in enumerate(inodes):
         if spec.kind is Kind.DIR:
+            nlink[index] += 2
             for name, child in spec.entries:
                 if not 0 < child < n:
                     raise FormatError(f"directory entry {name!r} points at a bad inode")
                 if inodes[child].kind is Kind.DIR:
-                    if nlink[child]:
+                    if named[child]:
                         raise FormatError("a directory is linked twice")
-                    nlink[child] = 2
+                    named[child] = True
                     nlink[index] += 1
                     parent[child] = index
                 else:
@@ -388,6 +392,8 @@ def _encode_bootstrap(
         bi = blob_index.get(c.blob)
         if bi is None:
             raise FormatError(f"chunk {c.digest} lives in unlisted blob {c.blob}")
+        if c.size > MAX_CHUNK_SIZE:
+            raise FormatError(f"chunk {c.digest} is larger than {MAX_CHUNK_SIZE} bytes")
         chunk_records.append(
             _CHUNK.pack(c.digest.raw, bi, c.offset, c.stored_size, c.size, int(c.compression))
         )
@@ -675,8 +681,12 @@ class Bootstrap:
         """(file offset, chunk) for the chunks of a regular file covering [offset, end)."""
         first, count = self.file_extent(index)
         stop = first + count
-        at = max(first, bisect.bisect_right(self.ref_offsets, offset, first, stop) - 1)
         refs, ref_offsets = self.refs, self.ref_offsets
+        # The last chunk starting at or before `offset`, then back to the first chunk
+        # starting at that same offset (the ones before it are empty).
+        at = max(first, bisect.bisect_right(ref_offsets, offset, first, stop) - 1)
+        if at > first:
+            at = bisect.bisect_left(ref_offsets, ref_offsets[at], first, at)
         while at < stop:
             start = ref_offsets[at]
             if end is not None and start >= end:
