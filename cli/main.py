@@ -20,8 +20,6 @@ from imagefs.chunks import LmdbChunkCache
 from imagefs.config import Config
 from imagefs.errors import ImagefsError, UsageError
 
-pass_config = click.make_pass_decorator(dict, ensure=True)
-
 
 def _emit(as_json: bool, data: dict[str, Any], text: Callable[[], None]) -> None:
     if as_json:
@@ -44,7 +42,11 @@ def _progress(
 ) -> Iterator[Callable[[int, int | None], None]]:
     """A rich progress bar on stderr (only on a terminal); yields `update(done, total)`."""
     if not enabled or not sys.stderr.isatty():
-        yield lambda done, total=None: None
+
+        def nothing(done: int, total: int | None = None) -> None:
+            return None
+
+        yield nothing
         return
     from rich.console import Console
     from rich.progress import (
@@ -110,8 +112,8 @@ def cli(ctx: click.Context, config_file: Path | None, debug: bool) -> None:
 @click.option("--zstd-level", type=int, help="zstd level for chunks (default 3).")
 @click.option("--threads", "convert_threads", type=int, help="Worker threads (0: one per CPU).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@pass_config
-def convert(obj: dict[str, Any], source: str, target: str, as_json: bool, **opts: Any) -> None:
+@click.pass_obj
+def convert(obj: dict[str, Any], /, source: str, target: str, as_json: bool, **opts: Any) -> None:
     """Convert SOURCE into an imagefs image at TARGET.
 
     SOURCE: oci:PATH[:TAG], docker-archive:PATH or dir:PATH. TARGET: oci:PATH[:TAG].
@@ -165,7 +167,7 @@ def _open(image: str, cfg: Config, *, node_cache: bool) -> Any:
     help="Node-wide chunk cache directory (default /var/lib/imagefs/cache).",
 )
 @click.option("--allow-other", is_flag=True, help="Let other users see the mount.")
-@pass_config
+@click.pass_obj
 def mount(
     obj: dict[str, Any],
     image: str,
@@ -202,7 +204,7 @@ def mount(
 @cli.command()
 @click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--lazy", is_flag=True, help="Detach now, clean up when no longer busy.")
-@pass_config
+@click.pass_obj
 def umount(obj: dict[str, Any], mountpoint: Path, lazy: bool) -> None:
     """Unmount an imagefs MOUNTPOINT."""
     from fuse_mount.mount import unmount
@@ -213,7 +215,7 @@ def umount(obj: dict[str, Any], mountpoint: Path, lazy: bool) -> None:
 @cli.command()
 @click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the counters as JSON.")
-@pass_config
+@click.pass_obj
 def stats(obj: dict[str, Any], mountpoint: Path, as_json: bool) -> None:
     """Counters of a running mount: bytes read vs fetched, chunks, cache hits, requests."""
     from fuse_mount.mount import query
@@ -238,7 +240,7 @@ def stats(obj: dict[str, Any], mountpoint: Path, as_json: bool) -> None:
 @click.argument("image")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@pass_config
+@click.pass_obj
 def unpack(obj: dict[str, Any], image: str, directory: Path, as_json: bool) -> None:
     """Write the whole tree of IMAGE into DIRECTORY (new or empty), with all metadata."""
     from imagefs.unpack import unpack as run_unpack
@@ -276,7 +278,7 @@ def unpack(obj: dict[str, Any], image: str, directory: Path, as_json: bool) -> N
 @cli.command()
 @click.argument("image")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@pass_config
+@click.pass_obj
 def check(obj: dict[str, Any], image: str, as_json: bool) -> None:
     """Decode everything in IMAGE and verify every chunk; exit non-zero on any problem."""
     from imagefs.errors import IntegrityError
@@ -321,7 +323,7 @@ def check(obj: dict[str, Any], image: str, as_json: bool) -> None:
 @cli.command()
 @click.argument("image")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@pass_config
+@click.pass_obj
 def inspect(obj: dict[str, Any], image: str, as_json: bool) -> None:
     """Files, bytes, chunks, unique chunks, dedup ratio and blobs of IMAGE."""
     from imagefs.inspect import inspect_image

@@ -78,7 +78,7 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
             return bool(value)
         if kind is int and isinstance(value, str):
             return _parse_size(value)
-        if isinstance(value, bool):
+        if isinstance(value, bool) or (kind is int and isinstance(value, float)):
             raise TypeError
         return kind(value)
     except (TypeError, ValueError):

@@ -48,6 +48,8 @@ def parse_json(data: bytes, what: str) -> dict[str, Any]:
         value = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FormatError(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise FormatError(f"{what} is nested too deeply") from None
     if not isinstance(value, dict):
         raise FormatError(f"{what} is not a JSON object")
     return value
