@@ -113,7 +113,15 @@ def serve(
             **opened.stats.snapshot(),
         }
 
-    server = _ControlServer(sock_path, report)
+    if len(os.fsencode(sock_path)) >= 108:
+        raise MountError(
+            f"control socket path {sock_path} is too long for a unix socket; "
+            "set a shorter run_dir (IMAGEFS_RUN_DIR)"
+        )
+    try:
+        server = _ControlServer(sock_path, report)
+    except OSError as exc:
+        raise MountError(f"cannot create the control socket {sock_path}: {exc}") from None
     thread = threading.Thread(target=server.serve_forever, name="imagefs-control", daemon=True)
     thread.start()
     ops = ImagefsOperations(

@@ -60,7 +60,10 @@ class _Unpacker:
         for name in self.view.listxattr(ino):
             value = self.view.getxattr(ino, name)
             try:
-                os.setxattr(xattr_target, name, value, follow_symlinks=False)
+                if isinstance(xattr_target, int):
+                    os.setxattr(xattr_target, name, value)
+                else:
+                    os.setxattr(xattr_target, name, value, follow_symlinks=False)
             except OSError as exc:
                 if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
                     raise

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -83,8 +84,13 @@ class Env:
 
 
 @pytest.fixture
-def imagefs_env(tmp_path: Path) -> Env:
-    return Env(tmp_path / "imagefs-env")
+def imagefs_env() -> Iterator[Env]:
+    # short: the run dir holds unix sockets, whose paths are limited to 107 bytes
+    root = Path(tempfile.mkdtemp(prefix="ifs-", dir="/tmp"))
+    try:
+        yield Env(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _mounted(path: Path) -> bool:

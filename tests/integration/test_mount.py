@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import subprocess
 from pathlib import Path
 
@@ -62,8 +63,9 @@ def test_whiteouts_and_special_files_through_the_mount(
     m = mount_image(target)
     for path in samples.EXPECTED_ABSENT:
         assert not os.path.lexists(m.path / path), path
-    for path, (major, minor) in samples.EXPECTED_DEVICES.items():
+    for path, (kind, major, minor) in samples.EXPECTED_DEVICES.items():
         st = os.lstat(m.path / path)
+        assert stat.S_ISCHR(st.st_mode) if kind == "chr" else stat.S_ISBLK(st.st_mode), path
         assert (os.major(st.st_rdev), os.minor(st.st_rdev)) == (major, minor)
     for path, value in samples.EXPECTED_XATTRS.items():
         for name, data in value.items():
