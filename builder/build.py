@@ -1,0 +1,268 @@
+"""Building an imagefs image from a `LayerSource` into a `BlobSink`: read each layer's
+members, cut and dedup file chunks (first occurrence in the image wins), write one data blob
+per layer that adds new chunks, merge the layers, then write bootstrap, config and manifest.
+
+Deterministic: the same source and config give byte-identical blobs and manifest."""
+
+from __future__ import annotations
+
+import os
+from array import array
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from builder.blobs import BlobSink, DataBlobWriter
+from builder.bootstrap import inode_specs
+from builder.chunker import ChunkParams, FileReader, Readable, cut_file, make_fastcdc, read_exactly
+from builder.entries import Entry, EntryKind, show, with_content
+from builder.merge import Merger
+from builder.pipeline import ChunkPipeline, Chunks, Hashed, Job, ReadWhole, Whole
+from builder.sources import LayerSource, diff_ids
+from builder.tarlayer import ByteCounter, Member
+from imagefs.config import Config
+from imagefs.digest import ChunkDigest, Digest
+from imagefs.errors import FormatError, SourceError
+from imagefs.format import (
+    ANNOTATION_SOURCE_CONFIG,
+    ANNOTATION_SOURCE_DIFF_IDS,
+    MEDIA_TYPE_OCI_CONFIG,
+    BlobChunk,
+    BlobInfo,
+    ChunkRef,
+    blob_descriptor,
+    bootstrap_descriptor,
+    build_config,
+    build_manifest,
+    compress_bootstrap,
+    encode_bootstrap,
+)
+from imagefs.oci import MEDIA_TYPE_OCI_MANIFEST, Descriptor, Manifest
+
+Progress = Callable[[int, int | None], None]
+BATCH_BYTES = 4 << 20  # chunk bytes handed to a worker at a time
+
+
+@dataclass(frozen=True, slots=True)
+class BuildStats:
+    bytes_in: int  # uncompressed file bytes read
+    chunks_total: int  # chunk occurrences, duplicates included
+    chunks_unique: int  # chunks stored
+    bytes_stored: int  # bytes of the data blobs written
+    blobs: int  # data blobs written
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltImage:
+    manifest: Manifest
+    manifest_descriptor: Descriptor
+    config: Descriptor
+    blobs: tuple[Descriptor, ...]
+    bootstrap: Descriptor
+    stats: BuildStats
+
+
+def worker_threads(config: Config) -> int:
+    if config.convert_threads > 0:
+        return config.convert_threads
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+class _Builder:
+    def __init__(self, sink: BlobSink, config: Config, progress: Progress | None) -> None:
+        self.sink = sink
+        self.params = ChunkParams.from_config(config)
+        self.cdc = make_fastcdc(self.params)
+        self.pipeline: ChunkPipeline[list[int]] = ChunkPipeline(
+            threads=worker_threads(config),
+            level=config.zstd_level,
+            min_saving=config.compress_min_saving,
+            params=self.params,
+        )
+        self.progress = progress
+        self.counter = ByteCounter()
+        self.total: int | None = None
+        # chunk table, in order of first occurrence: (blob ordinal, where in that blob)
+        self.index: dict[bytes, int] = {}
+        self.chunks: list[tuple[int, BlobChunk]] = []
+        self.files: list[array[int]] = []  # content id -> chunk indices
+        self.blobs: list[Descriptor] = []
+        self.writer: DataBlobWriter | None = None
+        self.jobs: list[Job] = []
+        self.owners: list[int] = []
+        self.batch_bytes = 0
+        self.layer_name = ""
+        self.bytes_in = 0
+        self.chunks_total = 0
+        self.bytes_stored = 0
+
+    # -- chunks --------------------------------------------------------------------------
+
+    def _add(self, job: Job, content: int, size: int) -> None:
+        self.jobs.append(job)
+        self.owners.append(content)
+        self.batch_bytes += size
+        if self.batch_bytes >= BATCH_BYTES:
+            self._flush()
+
+    def _read_file(self, member: Member, entry: Entry) -> None:
+        """Queue a file's chunk work. Small files are cut (and, when they can be read from
+        any thread, read) by the workers; large ones are streamed and cut here, block by
+        block, so that no file is held whole in memory."""
+        size, content = entry.size, entry.content
+        self.bytes_in += size
+        if size <= self.params.block_size:
+            if member.path is not None:
+                self.counter.value += size
+                self._add(ReadWhole(member.path, size), content, size)
+                return
+            if member.data is not None:
+                whole = bytearray(size)
+                read_exactly(member.data, memoryview(whole), entry.path)
+                self._add(Whole(whole), content, size)
+                return
+        data: Readable | None = member.data
+        if data is None and member.path is not None:
+            data = FileReader(member.path, self.counter)
+        if data is None:
+            raise SourceError(f"{self.layer_name}: data of {show(entry.path)} is missing")
+        try:
+            for block in cut_file(self.cdc, self.params, data, size, entry.path):
+                buf = memoryview(block.buf)
+                views: list[memoryview] = []
+                offset = 0
+                for length in block.lengths:
+                    views.append(buf[offset : offset + length])
+                    offset += length
+                self._add(Chunks(views), content, offset)
+        finally:
+            if isinstance(data, FileReader):
+                data.close()
+
+    def _flush(self) -> None:
+        if self.jobs:
+            for owners, results in self.pipeline.submit(self.jobs, self.owners):
+                self._consume(owners, results)
+            self.jobs, self.owners, self.batch_bytes = [], [], 0
+        if self.progress is not None:
+            self.progress(self.counter.value, self.total)
+
+    def _consume(self, owners: list[int], results: list[list[Hashed]]) -> None:
+        index, files = self.index, self.files
+        for content, hashed_chunks in zip(owners, results, strict=True):
+            chunk_list = files[content]
+            for hashed in hashed_chunks:
+                at = index.get(hashed.digest)
+                if at is None:
+                    compression, stored = hashed.stored.wait()
+                    if self.writer is None:
+                        self.writer = DataBlobWriter(self.sink.begin())
+                    chunk = self.writer.add(
+                        ChunkDigest(hashed.digest), hashed.size, compression, stored
+                    )
+                    at = index[hashed.digest] = len(self.chunks)
+                    self.chunks.append((len(self.blobs), chunk))
+                    self.pipeline.release(hashed.digest)
+                chunk_list.append(at)
+            self.chunks_total += len(hashed_chunks)
+
+    def _finish_layer(self) -> None:
+        self._flush()
+        for owners, results in self.pipeline.drain():
+            self._consume(owners, results)
+        if self.writer is not None:
+            digest, size = self.writer.finish()
+            self.writer = None
+            self.blobs.append(blob_descriptor(digest, size))
+            self.bytes_stored += size
+
+    # -- layers --------------------------------------------------------------------------
+
+    def _read_layer(self, members: Iterator[Member]) -> list[Entry]:
+        entries: list[Entry] = []
+        files = self.files
+        for member in members:
+            entry = member.entry
+            if entry.kind is EntryKind.FILE:
+                entry = with_content(entry, len(files))
+                files.append(array("I"))
+                if entry.size:
+                    self._read_file(member, entry)
+            entries.append(entry)
+        return entries
+
+    def run(self, source: LayerSource) -> BuiltImage:
+        layers = source.layers
+        sizes = [layer.size for layer in layers]
+        self.total = None if None in sizes else sum(s or 0 for s in sizes)
+        merger = Merger()
+        try:
+            for layer in layers:
+                self.layer_name = layer.name
+                members = layer.members(self.counter)
+                try:
+                    entries = self._read_layer(members)
+                finally:
+                    close = getattr(members, "close", None)
+                    if close is not None:
+                        close()  # stops a layer's reader thread at once on errors
+                self._finish_layer()
+                merger.apply(entries)
+        finally:
+            if self.writer is not None:
+                self.writer.abort()
+            self.pipeline.close()
+        return self._write_image(source, merger)
+
+    def _write_image(self, source: LayerSource, merger: Merger) -> BuiltImage:
+        blob_digests = [b.digest for b in self.blobs]
+        refs = [
+            ChunkRef(c.digest, blob_digests[b], c.offset, c.stored_size, c.size, c.compression)
+            for b, c in self.chunks
+        ]
+        files = self.files
+        specs = inode_specs(merger.root, lambda content: files[content])
+        infos = [BlobInfo(b.digest, b.size) for b in self.blobs]
+        stored = compress_bootstrap(encode_bootstrap(specs, refs, infos))
+        boot = bootstrap_descriptor(stored)
+        self.sink.put(stored)
+        try:
+            config_bytes = build_config(source.config, [*self.blobs, boot])
+        except FormatError as exc:
+            raise SourceError(str(exc)) from None
+        config = Descriptor(MEDIA_TYPE_OCI_CONFIG, Digest.of(config_bytes), len(config_bytes))
+        self.sink.put(config_bytes)
+        annotations = {ANNOTATION_SOURCE_CONFIG: str(Digest.of(source.config))}
+        ids = diff_ids(source.config)
+        if ids:
+            annotations[ANNOTATION_SOURCE_DIFF_IDS] = ",".join(ids)
+        manifest = build_manifest(
+            config, self.blobs, boot, subject=source.subject, annotations=annotations
+        )
+        raw = manifest.encode()
+        self.sink.put(raw)
+        if self.progress is not None:
+            self.progress(self.counter.value, self.total)
+        return BuiltImage(
+            manifest=manifest,
+            manifest_descriptor=Descriptor(MEDIA_TYPE_OCI_MANIFEST, Digest.of(raw), len(raw)),
+            config=config,
+            blobs=tuple(self.blobs),
+            bootstrap=boot,
+            stats=BuildStats(
+                bytes_in=self.bytes_in,
+                chunks_total=self.chunks_total,
+                chunks_unique=len(self.chunks),
+                bytes_stored=self.bytes_stored,
+                blobs=len(self.blobs),
+            ),
+        )
+
+
+def build_image(
+    source: LayerSource, sink: BlobSink, config: Config, *, progress: Progress | None = None
+) -> BuiltImage:
+    """Convert `source` into an imagefs image whose blobs go to `sink`."""
+    return _Builder(sink, config, progress).run(source)
