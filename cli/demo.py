@@ -132,7 +132,7 @@ def main() -> None:
             "-c",
             "cat /app/hello.txt; ls /app/src | head -3; head -c 1048576 /app/model.bin | md5sum",
         ]
-        print("$ " + " ".join(cmd[:3]) + " '" + cmd[3] + "'", flush=True)
+        print("$ " + " ".join(cmd[:4]) + " '" + cmd[4] + "'", flush=True)
         subprocess.run(cmd, check=True)
         stats = json.loads(_imagefs("stats", str(mnt), "--json", capture=True))
         info = json.loads(_imagefs("inspect", target, "--json", capture=True))
