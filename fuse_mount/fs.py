@@ -86,6 +86,8 @@ class ImagefsOperations(mfusepy.Operations):
     def init_with_config(self, conn: Any, config: Any) -> None:
         if conn is not None and self._max_read:
             conn.max_read = self._max_read  # must match the max_read mount option
+            # libfuse derives the kernel's max_pages (largest request) from max_write
+            conn.max_write = max(conn.max_write, self._max_read)
             conn.max_readahead = max(conn.max_readahead, self._max_read)
         if config is not None:
             config.use_ino = 1

@@ -62,6 +62,7 @@ class ReadStats:
     """Counters of one mount (or one reader), safe to update from many threads."""
 
     bytes_read: int = 0
+    read_calls: int = 0
     bytes_fetched: int = 0
     chunks_fetched: int = 0
     cache_hits: int = 0
@@ -94,6 +95,7 @@ class ReadStats:
 
             return {
                 "bytes_read": self.bytes_read,
+                "read_calls": self.read_calls,
                 "bytes_fetched": self.bytes_fetched,
                 "chunks_fetched": self.chunks_fetched,
                 "cache_hits": self.cache_hits,
@@ -351,7 +353,7 @@ class LmdbChunkCache:
             with contextlib.suppress(self._lmdb.Error), self._env.begin(write=True) as txn:
                 txn.delete(digest.raw)
             return None
-        return bytes(data)
+        return data
 
     def put(self, digest: ChunkDigest, data: bytes) -> None:
         try:

@@ -71,7 +71,7 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
     kind = type(getattr(Config(), name))
     try:
         if kind is Path:
-            return Path(value)
+            return Path(value).absolute()
         if kind is bool:
             if isinstance(value, str):
                 return value.strip().lower() in ("1", "true", "yes", "on")

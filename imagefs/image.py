@@ -45,7 +45,8 @@ class LayoutImageStore:
 
     def __init__(self, ref: LayoutRef) -> None:
         self.ref = ref
-        self.layout = OciLayout.open(ref.path)
+        # absolute: a FUSE server changes its working directory to / once it serves
+        self.layout = OciLayout.open(ref.path.absolute())
 
     def resolve_manifest(
         self, platform: Mapping[str, str] | None = None

@@ -145,5 +145,5 @@ class FileSystemView:
             for (start, _ref), data in zip(placed, datas, strict=True):
                 parts.append(data[max(0, offset - start) : end - start])
             out = b"".join(parts)
-        self.stats.add(bytes_read=len(out))
+        self.stats.add(bytes_read=len(out), read_calls=1)
         return out
