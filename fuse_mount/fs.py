@@ -160,9 +160,6 @@ class ImagefsOperations(mfusepy.Operations):
             entries.append((name.decode(_ENC, _ERR), {"st_ino": child, "st_mode": mode}, 0))
         return iter(entries)
 
-    def releasedir(self, path: str, fh: int) -> int:
-        return 0
-
     @_errors
     def open(self, path: str, flags: int) -> int:
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT):
@@ -175,9 +172,6 @@ class ImagefsOperations(mfusepy.Operations):
     @_errors
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
         return self.view.read(fh or self._ino(path), offset, size)
-
-    def release(self, path: str, fh: int) -> int:
-        return 0
 
     @_errors
     def listxattr(self, path: str) -> list[str]:
