@@ -74,6 +74,20 @@ def _progress(
         yield update
 
 
+@contextmanager
+def _counting_progress(label: str, total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
+    """A progress bar fed by increments: yields `step(nbytes)`."""
+    done = 0
+    with _progress(label, total, enabled) as update:
+
+        def step(n: int) -> None:
+            nonlocal done
+            done += n
+            update(done, total)
+
+        yield step
+
+
 def _config(ctx_obj: dict[str, Any], **overrides: Any) -> Config:
     return config_mod.load(file=ctx_obj.get("config_file"), overrides=overrides)
 
@@ -252,14 +266,7 @@ def unpack(obj: dict[str, Any], image: str, directory: Path, as_json: bool) -> N
         for i in range(opened.bootstrap.inode_count)
         if opened.bootstrap.inode(i).is_reg
     )
-    done = 0
-    with _progress("unpacking", total, not as_json) as update:
-
-        def step(n: int) -> None:
-            nonlocal done
-            done += n
-            update(done, total)
-
+    with _counting_progress("unpacking", total, not as_json) as step:
         result = run_unpack(opened.view, directory, progress=step)
     data = {
         "target": result.target,
@@ -287,14 +294,7 @@ def check(obj: dict[str, Any], image: str, as_json: bool) -> None:
     cfg = _config(obj)
     opened = _open(image, cfg, node_cache=False)
     total = sum(c.size for c in opened.bootstrap.chunks())
-    done = 0
-    with _progress("verifying", total, not as_json) as update:
-
-        def step(n: int) -> None:
-            nonlocal done
-            done += n
-            update(done, total)
-
+    with _counting_progress("verifying", total, not as_json) as step:
         result = check_image(opened, progress=step)
     data = {
         "ok": result.ok,
