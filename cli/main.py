@@ -164,11 +164,10 @@ def convert(obj: dict[str, Any], /, source: str, target: str, as_json: bool, **o
 # mount / umount / stats
 
 
-def _open(image: str, cfg: Config, *, node_cache: bool) -> Any:
+def _open(image: str, cfg: Config, *, node_cache: LmdbChunkCache | None) -> Any:
     from imagefs.image import open_image, open_store
 
-    cache = LmdbChunkCache(cfg.cache_dir, cfg.cache_max_bytes) if node_cache else None
-    return open_image(open_store(image), cfg, cache=cache)
+    return open_image(open_store(image), cfg, cache=node_cache)
 
 
 @cli.command()
@@ -199,8 +198,10 @@ def mount(
     if mount_mod.is_mounted(mountpoint):
         raise UsageError(f"{mountpoint} is already a mount point")
     if foreground:
-        opened = _open(image, cfg, node_cache=True)
-        mount_mod.serve(opened, mountpoint, cfg, allow_other=allow_other, describe=image)
+        # closed on unmount, which writes the last batch of access stamps
+        with LmdbChunkCache(cfg.cache_dir, cfg.cache_max_bytes) as node_cache:
+            opened = _open(image, cfg, node_cache=node_cache)
+            mount_mod.serve(opened, mountpoint, cfg, allow_other=allow_other, describe=image)
         return
     argv = [sys.executable, "-m", "cli.main"]
     if obj.get("config_file"):
@@ -247,6 +248,92 @@ def stats(obj: dict[str, Any], mountpoint: Path, as_json: bool) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# cache
+
+
+@cli.group()
+def cache() -> None:
+    """The node-wide chunk cache: stats, gc, clear."""
+
+
+_cache_dir_option = click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Node-wide chunk cache directory (default /var/lib/imagefs/cache).",
+)
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+
+
+def _open_cache(obj: dict[str, Any], cache_dir: Path | None) -> LmdbChunkCache:
+    cfg = _config(obj, cache_dir=cache_dir)
+    return LmdbChunkCache(cfg.cache_dir, cfg.cache_max_bytes)
+
+
+@cache.command("stats")
+@_cache_dir_option
+@_json_option
+@click.pass_obj
+def cache_stats(obj: dict[str, Any], cache_dir: Path | None, as_json: bool) -> None:
+    """Entries, bytes stored, cap and map size of the chunk cache."""
+    with _open_cache(obj, cache_dir) as node_cache:
+        data: dict[str, Any] = {"path": str(node_cache.path), **node_cache.stats()}
+
+    def text() -> None:
+        click.echo(f"{data['path']}")
+        click.echo(f"  entries    {data['entries']}")
+        click.echo(
+            f"  stored     {_human(data['bytes'])} of {_human(data['max_bytes'])} "
+            f"({100 * data['bytes'] / max(1, data['max_bytes']):.1f}%)"
+        )
+        click.echo(f"  map        {_human(data['used_bytes'])} used of {_human(data['map_bytes'])}")
+
+    _emit(as_json, data, text)
+
+
+@cache.command("gc")
+@_cache_dir_option
+@click.option("--max-bytes", help="Evict down to this size (e.g. 2GiB; default: the cap).")
+@_json_option
+@click.pass_obj
+def cache_gc(
+    obj: dict[str, Any], cache_dir: Path | None, max_bytes: str | None, as_json: bool
+) -> None:
+    """Evict least-recently-used chunks down to the cap (or --max-bytes)."""
+    target = None
+    if max_bytes is not None:
+        target = _config(obj, cache_max_bytes=max_bytes).cache_max_bytes
+    with _open_cache(obj, cache_dir) as node_cache:
+        freed = node_cache.gc(target)
+        data: dict[str, Any] = {"path": str(node_cache.path), **freed, **node_cache.stats()}
+    _emit(
+        as_json,
+        data,
+        lambda: click.echo(
+            f"evicted {data['evicted_entries']} chunks ({_human(data['freed_bytes'])}); "
+            f"{data['entries']} chunks ({_human(data['bytes'])}) remain in {data['path']}"
+        ),
+    )
+
+
+@cache.command("clear")
+@_cache_dir_option
+@_json_option
+@click.pass_obj
+def cache_clear(obj: dict[str, Any], cache_dir: Path | None, as_json: bool) -> None:
+    """Remove every chunk from the cache (safe while mounts are using it)."""
+    with _open_cache(obj, cache_dir) as node_cache:
+        data: dict[str, Any] = {"path": str(node_cache.path), **node_cache.clear()}
+    _emit(
+        as_json,
+        data,
+        lambda: click.echo(
+            f"removed {data['evicted_entries']} chunks ({_human(data['freed_bytes'])}) "
+            f"from {data['path']}"
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # unpack / check / inspect
 
 
@@ -260,7 +347,7 @@ def unpack(obj: dict[str, Any], image: str, directory: Path, as_json: bool) -> N
     from imagefs.unpack import unpack as run_unpack
 
     cfg = _config(obj)
-    opened = _open(image, cfg, node_cache=False)
+    opened = _open(image, cfg, node_cache=None)
     total = sum(
         opened.bootstrap.inode(i).size
         for i in range(opened.bootstrap.inode_count)
@@ -292,7 +379,7 @@ def check(obj: dict[str, Any], image: str, as_json: bool) -> None:
     from imagefs.inspect import check_image
 
     cfg = _config(obj)
-    opened = _open(image, cfg, node_cache=False)
+    opened = _open(image, cfg, node_cache=None)
     total = sum(c.size for c in opened.bootstrap.chunks())
     with _counting_progress("verifying", total, not as_json) as step:
         result = check_image(opened, progress=step)
@@ -328,7 +415,7 @@ def inspect(obj: dict[str, Any], image: str, as_json: bool) -> None:
     """Files, bytes, chunks, unique chunks, dedup ratio and blobs of IMAGE."""
     from imagefs.inspect import inspect_image
 
-    info = inspect_image(_open(image, _config(obj), node_cache=False))
+    info = inspect_image(_open(image, _config(obj), node_cache=None))
 
     def text() -> None:
         click.echo(f"manifest   {info.manifest_digest}")

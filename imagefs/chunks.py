@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import struct
 import threading
 import time
 from collections import OrderedDict
@@ -19,7 +20,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from imagefs.digest import ChunkDigest, Digest
-from imagefs.errors import CacheError, FormatError, IntegrityError, NotFoundError, SourceError
+from imagefs.errors import (
+    CacheError,
+    FormatError,
+    IntegrityError,
+    NotFoundError,
+    SourceError,
+    UsageError,
+)
 from imagefs.format import (
     BLOB_FOOTER_SIZE,
     BlobChunk,
@@ -311,70 +319,402 @@ class MemoryChunkCache:
         return self._size
 
 
-class LmdbChunkCache:
-    """The node-wide chunk cache: an LMDB environment keyed by the 32-byte chunk digest.
+_U64 = struct.Struct(">Q")
+_INDEX = struct.Struct(">QQ")  # access stamp, value size
+_CACHE_VERSION = b"1"
 
-    Entries are written in one transaction each, so a killed process leaves either the
-    whole verified entry or nothing. Values are re-verified against their digest on read;
-    a mismatching entry (disk corruption) is deleted and reported as a miss.
-    When the map is full, `put` declines and reads are served uncached.
+
+class _SharedEnv:
+    """One LMDB environment per cache directory per process, shared by reference count.
+
+    LMDB forbids opening the same environment twice in one process (closing one handle
+    would drop the other's POSIX locks), so `LmdbChunkCache` objects on one directory share
+    this.
     """
 
-    def __init__(self, path: Path, max_bytes: int) -> None:
+    _lock = threading.Lock()
+    _open: dict[str, _SharedEnv] = {}  # noqa: RUF012 - process-wide registry
+
+    def __init__(self, env: Any, dbs: tuple[Any, Any, Any, Any]) -> None:
+        self.env = env
+        self.chunks, self.index, self.lru, self.meta = dbs
+        self.refs = 0
+        # Transactions of this process, so that adopting a map another process grew
+        # (`set_mapsize(0)` after MapResizedError) happens while none is running.
+        self._gate = threading.Condition()
+        self._active = 0
+        self._resizing = False
+
+    def _enter(self) -> None:
+        with self._gate:
+            self._gate.wait_for(lambda: not self._resizing)
+            self._active += 1
+
+    def _leave(self) -> None:
+        with self._gate:
+            self._active -= 1
+            if self._active == 0:
+                self._gate.notify_all()
+
+    def _adopt_map_size(self) -> None:
+        with self._gate:
+            if self._resizing:
+                self._gate.wait_for(lambda: not self._resizing)
+                return
+            self._resizing = True
+            try:
+                self._gate.wait_for(lambda: self._active == 0)
+                self.env.set_mapsize(0)
+            finally:
+                self._resizing = False
+                self._gate.notify_all()
+
+    @contextlib.contextmanager
+    def begin(self, *, write: bool = False, db: Any = None) -> Iterator[Any]:
+        """A transaction; when another process grew the map, adopt its size and retry."""
         import lmdb
 
+        self._enter()
+        try:
+            try:
+                txn = self.env.begin(write=write, db=db, buffers=False)
+            except lmdb.MapResizedError:
+                self._leave()
+                try:
+                    self._adopt_map_size()
+                finally:
+                    self._enter()
+                txn = self.env.begin(write=write, db=db, buffers=False)
+            with txn:
+                yield txn
+        finally:
+            self._leave()
+
+    @classmethod
+    def acquire(cls, path: Path, map_size: int) -> tuple[str, _SharedEnv]:
+        import lmdb
+
+        key = os.path.realpath(path)
+        with cls._lock:
+            shared = cls._open.get(key)
+            if shared is None:
+                env = lmdb.open(
+                    key,
+                    map_size=map_size,
+                    max_dbs=4,
+                    subdir=True,
+                    lock=True,
+                    metasync=False,
+                    sync=False,
+                    readahead=False,
+                    max_readers=1024,
+                )
+                try:
+                    env.reader_check()  # free reader slots of killed processes
+                    with env.begin(write=True) as txn:
+                        dbs = tuple(
+                            env.open_db(name, txn=txn)
+                            for name in (b"chunks", b"index", b"lru", b"meta")
+                        )
+                        version = txn.get(b"version", db=dbs[3])
+                        if version is None:
+                            txn.put(b"version", _CACHE_VERSION, db=dbs[3])
+                            _drop_unnamed_entries(txn)
+                        elif version != _CACHE_VERSION:
+                            raise CacheError(
+                                f"the chunk cache at {key} has layout version "
+                                f"{version.decode(errors='replace')}, this imagefs reads "
+                                f"{_CACHE_VERSION.decode()}; remove the directory to start afresh"
+                            )
+                except BaseException:
+                    env.close()
+                    raise
+                shared = cls(env, dbs)  # type: ignore[arg-type]
+                cls._open[key] = shared
+            elif map_size > shared.env.info()["map_size"]:
+                with contextlib.suppress(lmdb.Error):
+                    shared.env.set_mapsize(map_size)
+            shared.refs += 1
+            return key, shared
+
+    @classmethod
+    def release(cls, key: str) -> None:
+        with cls._lock:
+            shared = cls._open.get(key)
+            if shared is None:
+                return
+            shared.refs -= 1
+            if shared.refs <= 0:
+                del cls._open[key]
+                shared.env.close()
+
+
+def _drop_unnamed_entries(txn: Any) -> None:
+    """Remove chunk entries an earlier layout kept in the unnamed database (32-byte keys)."""
+    cursor = txn.cursor()
+    stale = [k for k in cursor.iternext(values=False) if len(k) == 32]
+    for k in stale:
+        txn.delete(k)
+
+
+class LmdbChunkCache:
+    """The node-wide chunk cache: one LMDB environment per node, shared by every mount.
+
+    Layout (one environment, four named databases):
+
+    - `chunks`: 32-byte chunk digest -> verified uncompressed bytes;
+    - `index`:  digest -> (access stamp, size), two big-endian u64;
+    - `lru`:    stamp (big-endian u64) + digest -> empty; the oldest stamp sorts first;
+    - `meta`:   `version`, `total_bytes` (sum of the values in `chunks`) and `clock` (the
+      last stamp handed out; a logical clock, so ordering never depends on wall time).
+
+    Every change (insert, eviction, removal of a corrupt entry) touches all four in one
+    write transaction, so a killed process leaves either the whole entry with its
+    accounting or nothing. Values are re-verified against their blake3 digest on every
+    read; a mismatch is deleted and reported as a miss, so wrong bytes are never served.
+
+    Bounding: `put` of an entry larger than `max_bytes` is declined. Otherwise, in the same
+    transaction as the insert, least-recently-used entries (lowest stamps) are evicted until
+    `total_bytes + len(data) <= max_bytes`. The map is `max_bytes * 1.25 + 64 MiB`: LMDB
+    copies pages on write and cannot reuse pages freed in the running transaction. If the
+    map is full anyway (free pages pinned by a long reader), one transaction evicts down to
+    3/4 of the cap and commits, the insert is retried once, and then declined.
+
+    Recency is approximate: `get` is one read transaction, and hits are remembered in
+    memory and written as new stamps in one write transaction every `touch_batch` hits or
+    `touch_interval_s` seconds (and on `gc`, `stats` and `close`). Hits served by the
+    in-memory tier in front of this cache do not reach it. Concurrent processes rely on
+    LMDB's own locking (`lock=True`); objects on one directory in one process share one
+    environment. Durability: `sync=False`, so a killed process loses nothing committed, and
+    an OS crash may lose the last entries; verification on read covers the rest.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        max_bytes: int,
+        *,
+        touch_batch: int = 256,
+        touch_interval_s: float = 2.0,
+    ) -> None:
+        import lmdb
+
+        self._lmdb = lmdb
         self.path = Path(path)
         self.max_bytes = max_bytes
+        self.map_bytes = int(max_bytes * 1.25) + (64 << 20)
+        self._touch_batch = touch_batch
+        self._touch_interval_s = touch_interval_s
+        self._touched: dict[bytes, None] = {}
+        self._touch_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._last_flush = time.monotonic()
+        self._closed = False
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            self._env = lmdb.open(
-                str(self.path),
-                map_size=max(max_bytes, 1 << 20),
-                max_dbs=2,
-                subdir=True,
-                metasync=False,
-                sync=False,
-                readahead=False,
-                max_readers=1024,
-            )
+            self._key, self._shared = _SharedEnv.acquire(self.path, self.map_bytes)
         except (OSError, lmdb.Error) as exc:
             raise CacheError(f"cannot open the chunk cache at {self.path}: {exc}") from None
-        self._lmdb = lmdb
+        self._env = self._shared.env
+
+    # -- reads
 
     def get(self, digest: ChunkDigest) -> bytes | None:
+        raw = digest.raw
         try:
-            with self._env.begin(buffers=False) as txn:
-                data = txn.get(digest.raw)
+            with self._shared.begin(db=self._shared.chunks) as txn:
+                data: bytes | None = txn.get(raw)
         except self._lmdb.Error as exc:
             raise CacheError(f"chunk cache read failed: {exc}") from None
         if data is None:
             return None
         if ChunkDigest.of(data) != digest:
-            with contextlib.suppress(self._lmdb.Error), self._env.begin(write=True) as txn:
-                txn.delete(digest.raw)
+            with contextlib.suppress(self._lmdb.Error), self._shared.begin(write=True) as txn:
+                self._remove(txn, raw)
             return None
+        self._touch(raw)
         return data
 
-    def put(self, digest: ChunkDigest, data: bytes) -> None:
+    def _touch(self, raw: bytes) -> None:
+        with self._touch_lock:
+            self._touched.pop(raw, None)
+            self._touched[raw] = None
+            due = len(self._touched) >= self._touch_batch or (
+                time.monotonic() - self._last_flush >= self._touch_interval_s
+            )
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the remembered hits as fresh access stamps, in one transaction."""
+        if not self._flush_lock.acquire(blocking=False):
+            return  # another thread is flushing; these hits go in the next batch
         try:
-            with self._env.begin(write=True) as txn:
-                txn.put(digest.raw, data, overwrite=False)
-        except self._lmdb.MapFullError:
+            with self._touch_lock:
+                batch, self._touched = self._touched, {}
+                self._last_flush = time.monotonic()
+            if not batch or self._closed:
+                return
+            s = self._shared
+            try:
+                with self._shared.begin(write=True) as txn:
+                    clock = self._clock(txn)
+                    for raw in batch:
+                        entry = txn.get(raw, db=s.index)
+                        if entry is None:
+                            continue  # evicted meanwhile
+                        stamp, size = _INDEX.unpack(entry)
+                        clock += 1
+                        txn.delete(_U64.pack(stamp) + raw, db=s.lru)
+                        txn.put(_U64.pack(clock) + raw, b"", db=s.lru)
+                        txn.put(raw, _INDEX.pack(clock, size), db=s.index)
+                    txn.put(b"clock", _U64.pack(clock), db=s.meta)
+            except self._lmdb.Error:
+                pass  # recency is best effort; the entries themselves are intact
+        finally:
+            self._flush_lock.release()
+
+    # -- writes
+
+    def put(self, digest: ChunkDigest, data: bytes) -> None:
+        if len(data) > self.max_bytes or self._closed:
             return
+        raw = digest.raw
+        try:
+            try:
+                self._insert(raw, data)
+            except self._lmdb.MapFullError:
+                try:
+                    self._evict_to(max(0, self.max_bytes * 3 // 4 - len(data)))
+                    self._insert(raw, data)
+                except self._lmdb.MapFullError:
+                    return
         except self._lmdb.Error as exc:
             raise CacheError(f"chunk cache write failed: {exc}") from None
 
+    def _insert(self, raw: bytes, data: bytes) -> None:
+        s = self._shared
+        with self._shared.begin(write=True) as txn:
+            if txn.get(raw, db=s.index) is not None:
+                self._touch_later(raw)
+                return
+            total = self._total(txn)
+            if total + len(data) > self.max_bytes:
+                total -= self._evict(txn, self.max_bytes - len(data))[1]
+            clock = self._clock(txn) + 1
+            txn.put(raw, data, db=s.chunks)
+            txn.put(raw, _INDEX.pack(clock, len(data)), db=s.index)
+            txn.put(_U64.pack(clock) + raw, b"", db=s.lru)
+            txn.put(b"clock", _U64.pack(clock), db=s.meta)
+            txn.put(b"total_bytes", _U64.pack(total + len(data)), db=s.meta)
+
+    def _touch_later(self, raw: bytes) -> None:
+        with self._touch_lock:
+            self._touched.pop(raw, None)
+            self._touched[raw] = None
+
+    def _total(self, txn: Any) -> int:
+        value = txn.get(b"total_bytes", db=self._shared.meta)
+        return int(_U64.unpack(value)[0]) if value is not None else 0
+
+    def _clock(self, txn: Any) -> int:
+        value = txn.get(b"clock", db=self._shared.meta)
+        return int(_U64.unpack(value)[0]) if value is not None else 0
+
+    def _evict(self, txn: Any, target: int) -> tuple[int, int]:
+        """Delete least-recently-used entries until the total is at most `target`
+        (the caller commits, and updates `total_bytes` when it inserts)."""
+        s = self._shared
+        total = self._total(txn)
+        entries = freed = 0
+        cursor = txn.cursor(db=s.lru)
+        while total - freed > target and cursor.first():
+            raw = cursor.key()[8:]
+            entry = txn.get(raw, db=s.index)
+            size = _INDEX.unpack(entry)[1] if entry is not None else 0
+            cursor.delete()
+            txn.delete(raw, db=s.index)
+            txn.delete(raw, db=s.chunks)
+            entries += 1
+            freed += size
+        txn.put(b"total_bytes", _U64.pack(total - freed), db=s.meta)
+        return entries, freed
+
+    def _evict_to(self, target: int) -> tuple[int, int]:
+        with self._shared.begin(write=True) as txn:
+            return self._evict(txn, target)
+
+    def _remove(self, txn: Any, raw: bytes) -> None:
+        s = self._shared
+        entry = txn.get(raw, db=s.index)
+        txn.delete(raw, db=s.chunks)
+        if entry is not None:
+            stamp, size = _INDEX.unpack(entry)
+            txn.delete(raw, db=s.index)
+            txn.delete(_U64.pack(stamp) + raw, db=s.lru)
+            txn.put(b"total_bytes", _U64.pack(max(0, self._total(txn) - size)), db=s.meta)
+
+    # -- maintenance (the `imagefs cache` commands)
+
     def stats(self) -> dict[str, int]:
-        info = self._env.info()
-        st = self._env.stat()
+        """entries, bytes stored, the cap, the LMDB map size and the pages in use."""
+        self.flush()
+        try:
+            with self._shared.begin() as txn:
+                entries = int(txn.stat(self._shared.index)["entries"])
+                total = self._total(txn)
+            info = self._env.info()
+            psize = self._env.stat()["psize"]
+        except self._lmdb.Error as exc:
+            raise CacheError(f"chunk cache read failed: {exc}") from None
         return {
-            "entries": st["entries"],
-            "map_bytes": info["map_size"],
-            "used_bytes": (info["last_pgno"] + 1) * st["psize"],
+            "entries": entries,
+            "bytes": total,
+            "max_bytes": self.max_bytes,
+            "map_bytes": int(info["map_size"]),
+            "used_bytes": int((info["last_pgno"] + 1) * psize),
         }
 
+    def gc(self, max_bytes: int | None = None) -> dict[str, int]:
+        """Evict least-recently-used entries down to `max_bytes` (default: the cap)."""
+        self.flush()
+        target = self.max_bytes if max_bytes is None else max_bytes
+        if target < 0:
+            raise UsageError("--max-bytes must not be negative")
+        try:
+            entries, freed = self._evict_to(target)
+        except self._lmdb.Error as exc:
+            raise CacheError(f"chunk cache gc failed: {exc}") from None
+        return {"evicted_entries": entries, "freed_bytes": freed}
+
+    def clear(self) -> dict[str, int]:
+        """Remove every entry in one transaction (safe while other processes use the cache)."""
+        s = self._shared
+        with self._touch_lock:
+            self._touched.clear()
+        try:
+            with self._shared.begin(write=True) as txn:
+                entries = int(txn.stat(s.index)["entries"])
+                total = self._total(txn)
+                for db in (s.chunks, s.index, s.lru):
+                    txn.drop(db, delete=False)
+                txn.put(b"total_bytes", _U64.pack(0), db=s.meta)
+        except self._lmdb.Error as exc:
+            raise CacheError(f"chunk cache clear failed: {exc}") from None
+        return {"evicted_entries": entries, "freed_bytes": total}
+
     def close(self) -> None:
-        self._env.close()
+        if self._closed:
+            return
+        self.flush()
+        self._closed = True
+        _SharedEnv.release(self._key)
+
+    def __enter__(self) -> LmdbChunkCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class TieredChunkCache:

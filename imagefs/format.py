@@ -422,6 +422,8 @@ def _encode_bootstrap(
             for ci in spec.chunks:
                 if not 0 <= ci < nchunks:
                     raise FormatError("file references a chunk outside the chunk table")
+                if not chunks[ci].size:
+                    raise FormatError("a file's chunks must not be empty")
                 refs.append(ci)
                 ref_offsets.append(offset)
                 offset += chunks[ci].size
@@ -682,11 +684,9 @@ class Bootstrap:
         first, count = self.file_extent(index)
         stop = first + count
         refs, ref_offsets = self.refs, self.ref_offsets
-        # The last chunk starting at or before `offset`, then back to the first chunk
-        # starting at that same offset (the ones before it are empty).
+        # The last chunk starting at or before `offset` (chunks are never empty, so file
+        # offsets strictly increase; a crafted bootstrap can break that only for itself).
         at = max(first, bisect.bisect_right(ref_offsets, offset, first, stop) - 1)
-        if at > first:
-            at = bisect.bisect_left(ref_offsets, ref_offsets[at], first, at)
         while at < stop:
             start = ref_offsets[at]
             if end is not None and start >= end:
@@ -731,7 +731,10 @@ class Bootstrap:
                 for at in range(first, first + count):
                     if self.ref_offsets[at] != total:
                         raise FormatError(f"inode {index} has inconsistent chunk offsets")
-                    total += self.chunk(self.refs[at]).size
+                    size = self.chunk(self.refs[at]).size
+                    if not size:
+                        raise FormatError(f"inode {index} references an empty chunk")
+                    total += size
                 if total != node.size:
                     raise FormatError(f"inode {index} chunks do not add up to its size")
 

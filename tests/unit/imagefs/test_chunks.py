@@ -302,9 +302,10 @@ def test_lmdb_cache_drops_a_corrupted_entry(tmp_path: Path) -> None:
     good = b"the real chunk"
     digest = ChunkDigest.of(good)
     LmdbChunkCache(path, 1 << 20).close()
-    env = lmdb.open(str(path), map_size=1 << 20)
+    env = lmdb.open(str(path), max_dbs=4)
+    chunks = env.open_db(b"chunks")
     with env.begin(write=True) as txn:
-        txn.put(digest.raw, b"the real chunl")  # one byte of bit rot
+        txn.put(digest.raw, b"the real chunl", db=chunks)  # one byte of bit rot
     env.close()
     cache = LmdbChunkCache(path, 1 << 20)
     try:

@@ -106,11 +106,19 @@ def test_file_chunks_window_matches_the_chunks_overlapping_it(
     end = data.draw(st.integers(start + 1, size))
     every = expected_file_chunks(case, case.inodes[index])
     got = list(boot.file_chunks(index, start, end))
-    # A contiguous run of the file's chunks, holding every chunk with bytes in the window
-    # (empty chunks carry no bytes: where they sit at the window's edge does not matter).
-    assert any(every[i : i + len(got)] == got for i in range(len(every)))
+    # Exactly the file's chunks that hold bytes of the window, in file order.
     want = [(at, ref) for at, ref in every if at < end and at + ref.size > start]
-    assert [(at, ref) for at, ref in got if ref.size] == want
+    assert got == want
+
+
+def test_files_may_not_reference_empty_chunks() -> None:
+    empty = ChunkRef(ChunkDigest.of(b""), BLOB, 0, 0, 0, Compression.RAW)
+    with pytest.raises(FormatError, match="must not be empty"):
+        encode_bootstrap(
+            [replace(ROOT, entries=((b"f", 1),)), replace(FILE, size=0, chunks=(0,))],
+            [empty],
+            [BlobInfo(BLOB, 100)],
+        )
 
 
 def test_string_heap_is_deduplicated_in_first_use_order() -> None:

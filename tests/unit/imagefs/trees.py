@@ -156,7 +156,7 @@ def chunk_tables(draw: st.DrawFn) -> tuple[list[ChunkRef], list[BlobInfo]]:
             draw(st.sampled_from(digests)),
             draw(st.integers(0, 2**40)),
             draw(st.integers(0, U32)),
-            draw(st.integers(0, MAX_CHUNK_SIZE)),
+            draw(st.integers(1, MAX_CHUNK_SIZE)),
             draw(st.sampled_from(Compression)),
         )
         for _ in range(draw(st.integers(0, 6)))
