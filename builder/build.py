@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import os
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from builder.blobs import BlobSink, DataBlobWriter
 from builder.bootstrap import inode_specs
 from builder.chunker import ChunkParams, FileReader, Readable, cut_file, make_fastcdc, read_exactly
 from builder.entries import Entry, EntryKind, show, with_content
-from builder.merge import Merger
+from builder.merge import Merger, Node, number_inodes
 from builder.pipeline import ChunkPipeline, Chunks, Hashed, Job, ReadWhole, Whole
 from builder.sources import LayerSource, diff_ids
 from builder.tarlayer import ByteCounter, Member
 from imagefs.config import Config
 from imagefs.digest import ChunkDigest, Digest
-from imagefs.errors import FormatError, SourceError
+from imagefs.errors import FormatError, SourceError, UsageError
 from imagefs.format import (
     ANNOTATION_SOURCE_CONFIG,
     ANNOTATION_SOURCE_DIFF_IDS,
@@ -71,8 +71,15 @@ def worker_threads(config: Config) -> int:
 
 
 class _Builder:
-    def __init__(self, sink: BlobSink, config: Config, progress: Progress | None) -> None:
+    def __init__(
+        self,
+        sink: BlobSink,
+        config: Config,
+        progress: Progress | None,
+        prefetch_paths: Sequence[str] = (),
+    ) -> None:
         self.sink = sink
+        self.prefetch_paths = tuple(prefetch_paths)
         self.params = ChunkParams.from_config(config)
         self.cdc = make_fastcdc(self.params)
         self.pipeline: ChunkPipeline[list[int]] = ChunkPipeline(
@@ -225,7 +232,8 @@ class _Builder:
         files = self.files
         specs = inode_specs(merger.root, lambda content: files[content])
         infos = [BlobInfo(b.digest, b.size) for b in self.blobs]
-        stored = compress_bootstrap(encode_bootstrap(specs, refs, infos))
+        prefetch = prefetch_indices(merger, self.prefetch_paths)
+        stored = compress_bootstrap(encode_bootstrap(specs, refs, infos, prefetch=prefetch))
         boot = bootstrap_descriptor(stored)
         self.sink.put(stored)
         try:
@@ -261,8 +269,36 @@ class _Builder:
         )
 
 
+def prefetch_indices(merger: Merger, paths: Sequence[str]) -> list[int]:
+    """Inode indices of `paths` (absolute image paths of regular files) in the merged tree,
+    in order, duplicates dropped. A missing path or a non-regular file is a UsageError."""
+    if not paths:
+        return []
+    index = {id(node): i for i, node in enumerate(number_inodes(merger.root))}
+    out: list[int] = []
+    seen: set[int] = set()
+    for path in paths:
+        parts = [p for p in path.split("/") if p not in ("", ".")]
+        node: Node | None = merger.lookup("/".join(parts).encode("utf-8", "surrogateescape"))
+        if node is None or ".." in parts:
+            raise UsageError(f"prefetch path {path!r} is not in the image")
+        if node.entry.kind is not EntryKind.FILE:
+            raise UsageError(f"prefetch path {path!r} is not a regular file")
+        at = index[id(node)]
+        if at not in seen:
+            seen.add(at)
+            out.append(at)
+    return out
+
+
 def build_image(
-    source: LayerSource, sink: BlobSink, config: Config, *, progress: Progress | None = None
+    source: LayerSource,
+    sink: BlobSink,
+    config: Config,
+    *,
+    progress: Progress | None = None,
+    prefetch_paths: Sequence[str] = (),
 ) -> BuiltImage:
-    """Convert `source` into an imagefs image whose blobs go to `sink`."""
-    return _Builder(sink, config, progress).run(source)
+    """Convert `source` into an imagefs image whose blobs go to `sink`; `prefetch_paths`
+    (absolute image paths of regular files) become the bootstrap's prefetch list."""
+    return _Builder(sink, config, progress, prefetch_paths).run(source)

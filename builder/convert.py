@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,17 +75,24 @@ def _target_layout(ref: TargetRef) -> Iterator[LayoutBlobSink]:
 
 
 def convert(
-    source: str, target: str, config: Config, *, progress: Progress | None = None
+    source: str,
+    target: str,
+    config: Config,
+    *,
+    progress: Progress | None = None,
+    prefetch_paths: Sequence[str] = (),
 ) -> ConvertResult:
     """Convert SOURCE (`oci:PATH[:TAG]`, `docker-archive:PATH`, `dir:PATH`) into an imagefs
     image tagged in the OCI layout TARGET (`oci:PATH[:TAG]`, tag default "latest").
 
-    `progress(bytes_done, bytes_total_or_None)` is called as source bytes are consumed."""
+    `progress(bytes_done, bytes_total_or_None)` is called as source bytes are consumed.
+    `prefetch_paths` (absolute image paths of regular files, in order) become the image's
+    prefetch list."""
     started = time.monotonic()
     source_ref = parse_source(source)
     target_ref = parse_target(target)
     with opened(source_ref) as src, _target_layout(target_ref) as sink:
-        image = build_image(src, sink, config, progress=progress)
+        image = build_image(src, sink, config, progress=progress, prefetch_paths=prefetch_paths)
         sink.layout.set_tag(image.manifest_descriptor, target_ref.tag)
     stats = image.stats
     return ConvertResult(

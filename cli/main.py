@@ -125,18 +125,33 @@ def cli(ctx: click.Context, config_file: Path | None, debug: bool) -> None:
 @click.option("--max-chunk", "max_chunk_bytes", help="FastCDC maximum chunk size (e.g. 256KiB).")
 @click.option("--zstd-level", type=int, help="zstd level for chunks (default 3).")
 @click.option("--threads", "convert_threads", type=int, help="Worker threads (0: one per CPU).")
+@click.option(
+    "--prefetch-list",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File of absolute image paths (one a line) to prefetch on mount, in order.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
-def convert(obj: dict[str, Any], /, source: str, target: str, as_json: bool, **opts: Any) -> None:
+def convert(
+    obj: dict[str, Any],
+    /,
+    source: str,
+    target: str,
+    as_json: bool,
+    prefetch_list: Path | None,
+    **opts: Any,
+) -> None:
     """Convert SOURCE into an imagefs image at TARGET.
 
     SOURCE: oci:PATH[:TAG], docker-archive:PATH or dir:PATH. TARGET: oci:PATH[:TAG].
     """
     from builder.convert import convert as run_convert
+    from imagefs.pathlist import read_path_list
 
     cfg = _config(obj, **opts)
+    prefetch = read_path_list(prefetch_list) if prefetch_list is not None else []
     with _progress("converting", None, not as_json) as update:
-        result = run_convert(source, target, cfg, progress=update)
+        result = run_convert(source, target, cfg, progress=update, prefetch_paths=prefetch)
     data = {
         "manifest_digest": str(result.manifest_digest),
         "target": result.target,
@@ -180,6 +195,11 @@ def _open(image: str, cfg: Config, *, node_cache: LmdbChunkCache | None) -> Any:
     help="Node-wide chunk cache directory (default /var/lib/imagefs/cache).",
 )
 @click.option("--allow-other", is_flag=True, help="Let other users see the mount.")
+@click.option(
+    "--record-access",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the paths of opened files, in first-access order, to this file.",
+)
 @click.pass_obj
 def mount(
     obj: dict[str, Any],
@@ -188,6 +208,7 @@ def mount(
     foreground: bool,
     cache_dir: Path | None,
     allow_other: bool,
+    record_access: Path | None,
 ) -> None:
     """Mount IMAGE (oci:PATH[:TAG]) read-only at MOUNTPOINT, fetching chunks lazily."""
     from fuse_mount import mount as mount_mod
@@ -197,11 +218,22 @@ def mount(
         raise UsageError(f"mountpoint {mountpoint} is not a directory")
     if mount_mod.is_mounted(mountpoint):
         raise UsageError(f"{mountpoint} is already a mount point")
+    if record_access is not None:
+        record_access = record_access.absolute()
+        if not record_access.parent.is_dir():
+            raise UsageError(f"cannot record accesses to {record_access}: no such directory")
     if foreground:
         # closed on unmount, which writes the last batch of access stamps
         with LmdbChunkCache(cfg.cache_dir, cfg.cache_max_bytes) as node_cache:
             opened = _open(image, cfg, node_cache=node_cache)
-            mount_mod.serve(opened, mountpoint, cfg, allow_other=allow_other, describe=image)
+            mount_mod.serve(
+                opened,
+                mountpoint,
+                cfg,
+                allow_other=allow_other,
+                describe=image,
+                record_access=record_access,
+            )
         return
     argv = [sys.executable, "-m", "cli.main"]
     if obj.get("config_file"):
@@ -211,6 +243,8 @@ def mount(
     argv += ["mount", "--foreground", "--cache-dir", str(cfg.cache_dir)]
     if allow_other:
         argv.append("--allow-other")
+    if record_access is not None:
+        argv += ["--record-access", str(record_access)]
     argv += [image, str(mountpoint)]
     pid = mount_mod.spawn_background(argv, mountpoint, cfg)
     click.echo(f"mounted {image} at {mountpoint} (pid {pid})", err=True)
@@ -239,7 +273,8 @@ def stats(obj: dict[str, Any], mountpoint: Path, as_json: bool) -> None:
 
     def text() -> None:
         click.echo(f"{data['mountpoint']}  {data['image']}  (pid {data['pid']})")
-        for key in ("bytes_read", "bytes_fetched", "chunks_fetched", "cache_hits", "requests"):
+        keys = ("bytes_read", "bytes_fetched", "chunks_fetched", "cache_hits", "requests")
+        for key in (*keys, "prefetch_chunks", "prefetch_bytes"):
             value = data.get(key, 0)
             shown = _human(value) if key.startswith("bytes") else str(value)
             click.echo(f"  {key:15} {shown}")

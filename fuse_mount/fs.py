@@ -71,7 +71,7 @@ class ImagefsOperations(mfusepy.Operations):
         entry_timeout_s: float,
         attr_timeout_s: float,
         max_read_bytes: int = 0,
-        on_access: Callable[[int], None] | None = None,
+        on_access: Callable[[int, str], None] | None = None,
     ) -> None:
         self.view = view
         self._paths: dict[str, int] = {"/": ROOT_INO}
@@ -166,7 +166,7 @@ class ImagefsOperations(mfusepy.Operations):
             raise _oserror(errno.EROFS)
         ino = self._ino(path)
         if self._on_access is not None:
-            self._on_access(ino)
+            self._on_access(ino, path)
         return ino
 
     @_errors

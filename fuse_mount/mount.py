@@ -23,6 +23,8 @@ from fuse_mount.fs import ImagefsOperations
 from imagefs.config import Config
 from imagefs.errors import MountError, UsageError
 from imagefs.image import OpenedImage
+from imagefs.pathlist import write_path_list
+from imagefs.prefetch import run_prefetch
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +110,56 @@ class _ControlHandler(socketserver.StreamRequestHandler):
             self.wfile.write(b'{"error": "unknown request"}\n')
 
 
+class AccessRecorder:
+    """Remembers the path of every inode opened, in first-access order (first path wins),
+    and writes them as a path list: every `interval_s` while mounted and once at the end."""
+
+    def __init__(self, path: Path, interval_s: float = 2.0) -> None:
+        self.path = path
+        self.interval_s = interval_s
+        self._paths: dict[int, str] = {}
+        self._lock = threading.Lock()
+        self._written = -1
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def on_access(self, ino: int, path: str) -> None:
+        if ino not in self._paths:
+            with self._lock:
+                self._paths.setdefault(ino, path)
+
+    def paths(self) -> list[str]:
+        with self._lock:
+            return list(self._paths.values())
+
+    def write(self) -> None:
+        with self._lock:
+            count = len(self._paths)
+            paths = list(self._paths.values())
+        if count == self._written:
+            return
+        try:
+            write_path_list(self.path, paths)
+            self._written = count
+        except OSError as exc:
+            log.warning("cannot write the access record %s: %s", self.path, exc)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.write()
+
+    def start(self) -> None:
+        self.write()  # an empty record at once: the file exists while mounted
+        self._thread = threading.Thread(target=self._loop, name="imagefs-record", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.write()
+
+
 def serve(
     opened: OpenedImage,
     mountpoint: Path,
@@ -115,8 +167,12 @@ def serve(
     *,
     allow_other: bool = False,
     describe: str = "",
+    record_access: Path | None = None,
 ) -> None:
-    """Mount `opened` at `mountpoint` and serve until unmounted (blocks)."""
+    """Mount `opened` at `mountpoint` and serve until unmounted (blocks).
+
+    With `record_access`, the paths of opened files are written there (see AccessRecorder).
+    When the bootstrap has a prefetch list, a background thread fetches those files' chunks."""
     if not mountpoint.is_dir():
         raise MountError(f"mountpoint {mountpoint} is not a directory")
     if is_mounted(mountpoint):
@@ -151,12 +207,24 @@ def serve(
         name="imagefs-readahead",
         daemon=True,
     ).start()
+    recorder = AccessRecorder(record_access.absolute()) if record_access is not None else None
     ops = ImagefsOperations(
         opened.view,
         entry_timeout_s=config.entry_timeout_s,
         attr_timeout_s=config.attr_timeout_s,
         max_read_bytes=config.max_read_bytes,
+        on_access=recorder.on_access if recorder is not None else None,
     )
+    stop_prefetch = threading.Event()
+    if opened.bootstrap.prefetch:
+        threading.Thread(
+            target=run_prefetch,
+            args=(opened.view, stop_prefetch),
+            name="imagefs-prefetch",
+            daemon=True,
+        ).start()
+    if recorder is not None:
+        recorder.start()
     options: dict[str, Any] = {
         "foreground": True,
         "ro": True,
@@ -172,6 +240,9 @@ def serve(
     except RuntimeError as exc:
         raise MountError(f"FUSE mount of {mountpoint} failed (libfuse status {exc})") from None
     finally:
+        stop_prefetch.set()
+        if recorder is not None:
+            recorder.stop()  # before the socket goes: `umount` waits for that
         server.shutdown()
         server.server_close()
         with contextlib.suppress(FileNotFoundError):

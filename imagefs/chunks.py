@@ -76,6 +76,8 @@ class ReadStats:
     cache_hits: int = 0
     requests: int = 0
     integrity_errors: int = 0
+    prefetch_chunks: int = 0
+    prefetch_bytes: int = 0
     fetched_by_blob: dict[str, int] = field(default_factory=dict)
     latencies_s: list[float] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -109,6 +111,8 @@ class ReadStats:
                 "cache_hits": self.cache_hits,
                 "requests": self.requests,
                 "integrity_errors": self.integrity_errors,
+                "prefetch_chunks": self.prefetch_chunks,
+                "prefetch_bytes": self.prefetch_bytes,
                 "bytes_fetched_by_blob": dict(sorted(self.fetched_by_blob.items())),
                 "request_latency_ms": {
                     "p50": pct(0.5),
