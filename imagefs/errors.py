@@ -91,6 +91,19 @@ class CacheError(ImagefsError):
     exit_code = 8
 
 
+class RegistryError(ImagefsError):
+    """A registry is unreachable, keeps failing, or answers outside the distribution spec."""
+
+    exit_code = 9
+
+
+class AuthError(RegistryError):
+    """A registry refused the request: no or wrong credentials (401), or access denied (403)."""
+
+    exit_code = 10
+    errno = _errno.EACCES
+
+
 EXIT_CODES: tuple[tuple[int, str], ...] = (
     (0, "success"),
     (1, "unexpected internal error (run with --debug for a traceback)"),
@@ -101,6 +114,8 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (6, "the target cannot be written"),
     (7, "mount, unmount or mount-control failure"),
     (8, "chunk cache failure"),
+    (9, "registry unreachable or failing"),
+    (10, "registry authentication or authorization failure"),
     (130, "interrupted"),
 )
 
