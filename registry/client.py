@@ -32,6 +32,7 @@ from imagefs.errors import (
     IntegrityError,
     NotFoundError,
     RegistryError,
+    UsageError,
 )
 from imagefs.oci import INDEX_TYPES, MANIFEST_TYPES, Descriptor
 from registry.auth import (
@@ -206,8 +207,14 @@ class RegistryClient:
         self._check_registry(ref)
         url = f"{self.base}/v2/{ref.repository}/manifests/{ref.reference}"
         what = f"manifest {ref}"
-        with self._request(
-            "GET", url, ref.repository, PULL, what, headers={"Accept": ", ".join(accept)}
+        with self._checked(
+            "GET",
+            url,
+            ref.repository,
+            PULL,
+            what,
+            headers={"Accept": ", ".join(accept)},
+            stream=True,
         ) as resp:
             length = resp.headers.get("Content-Length")
             if length is not None and length.isdigit() and int(length) > MAX_MANIFEST_BYTES:
@@ -242,7 +249,7 @@ class RegistryClient:
     def read_blob(self, repository: str, digest: Digest) -> bytes:
         what = f"blob {digest} in {self._name(repository)}"
         url = f"{self.base}/v2/{repository}/blobs/{digest}"
-        with self._request("GET", url, repository, PULL, what) as resp:
+        with self._checked("GET", url, repository, PULL, what, stream=True) as resp:
             data = self._read_body(resp, what)
         if Digest.of(data) != digest:
             raise IntegrityError(f"{what}: the registry sent bytes that do not match the digest")
@@ -251,13 +258,15 @@ class RegistryClient:
     def read_range(self, repository: str, digest: Digest, offset: int, length: int) -> bytes:
         """Exactly `length` bytes of the blob from `offset` (a short blob is an error)."""
         if offset < 0 or length < 0:
-            raise ValueError("negative offset or length")
+            raise UsageError("negative offset or length")
         if length == 0:
             return b""
         what = f"bytes {offset}+{length} of blob {digest} in {self._name(repository)}"
         url = f"{self.base}/v2/{repository}/blobs/{digest}"
         headers = {"Range": byte_range(offset, length), "Accept-Encoding": "identity"}
-        with self._request("GET", url, repository, PULL, what, headers=headers) as resp:
+        with self._checked(
+            "GET", url, repository, PULL, what, headers=headers, stream=True
+        ) as resp:
             if resp.status_code == 206:
                 data = self._read_body(resp, what, limit=length)
             else:  # 200: the server ignored Range; skip to offset and slice
@@ -335,23 +344,7 @@ class RegistryClient:
 
     def _check_registry(self, ref: Reference) -> None:
         if ref.registry != self.registry:
-            raise ValueError(f"{ref} is not on registry {self.registry}")
-
-    def _request(
-        self,
-        method: str,
-        url: str,
-        repository: str,
-        actions: tuple[str, ...],
-        what: str,
-        *,
-        headers: Mapping[str, str] | None = None,
-        data: bytes | None = None,
-    ) -> requests.Response:
-        """A streamed response with a 2xx status; errors mapped to `ImagefsError`."""
-        return self._checked(
-            method, url, repository, actions, what, headers=headers, data=data, stream=True
-        )
+            raise UsageError(f"{ref} is not on registry {self.registry}")
 
     def _checked(
         self,
