@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import queue
 import tempfile
 import threading
-from typing import BinaryIO, Protocol
+from pathlib import Path
+from typing import BinaryIO, Protocol, cast
 
 from imagefs.digest import ChunkDigest, Digest
 from imagefs.errors import TargetError
 from imagefs.format import BlobChunk, Compression, encode_blob_tail
-from imagefs.oci import OciLayout
+from imagefs.target import ImageTarget, LayoutTarget
 
 
 class BlobWriter(Protocol):
@@ -147,43 +149,71 @@ class _LayoutWriter:
 
 
 class LayoutBlobSink:
-    """Blobs written atomically into an OCI layout (temp file, fsync, rename), remembering
-    which ones this sink added so that `rollback` can remove exactly those."""
+    """Blobs written atomically into an OCI layout through a `LayoutTarget` (temp file,
+    fsync, rename), which remembers what was added so that a failure can roll it back."""
 
-    def __init__(self, layout: OciLayout) -> None:
-        self.layout = layout
-        self.added: list[Digest] = []
-        self._dir = layout.root / "blobs" / "sha256"
+    def __init__(self, target: LayoutTarget) -> None:
+        self.target = target
+        self.layout = target.layout
 
     def begin(self) -> BlobWriter:
-        try:
-            self._dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self._dir)
-        except OSError as exc:
-            raise TargetError(f"cannot write to {self.layout.root}: {exc.strerror}") from None
-        return _LayoutWriter(self, os.fdopen(fd, "wb"), tmp)
+        file, tmp = self.target.temp_file()
+        return _LayoutWriter(self, file, tmp)
 
     def put(self, data: bytes) -> Digest:
-        writer = self.begin()
-        try:
-            writer.write(data)
-            return writer.commit()[0]
-        finally:
-            writer.abort()
+        return self.target.put_bytes(data)
 
     def _install(self, tmp: str, digest: Digest) -> None:
-        path = self.layout.blob_path(digest)
-        if path.exists():
-            return
-        os.replace(tmp, path)
-        self.added.append(digest)
+        self.target.install(tmp, digest)
 
-    def rollback(self) -> None:
-        """Remove every blob this sink added (best effort)."""
-        for digest in reversed(self.added):
-            with contextlib.suppress(OSError):
-                self.layout.blob_path(digest).unlink()
-        self.added.clear()
+
+# ---------------------------------------------------------------------------------------------
+# Any other target (a registry): spool each blob to a temp file, then hand it over
+
+
+class _SpoolWriter:
+    def __init__(self, target: ImageTarget, spool_dir: Path | None) -> None:
+        self._target = target
+        self._file = tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115 - closed in abort
+        self._hash = hashlib.sha256()
+        self._size = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            raise TargetError(f"cannot spool a blob: {exc.strerror}") from None
+        self._hash.update(data)
+        self._size += len(data)
+
+    def commit(self) -> tuple[Digest, int]:
+        digest = Digest("sha256", self._hash.hexdigest())
+        try:
+            self._file.seek(0)
+            self._target.put_blob_from(digest, self._size, cast(BinaryIO, self._file))
+        finally:
+            self.abort()
+        return digest, self._size
+
+    def abort(self) -> None:
+        self._file.close()
+
+
+class SpoolingBlobSink:
+    """A `BlobSink` over any `ImageTarget`: data blobs are spooled to a temp file while
+    they are written, then put into the target (which skips blobs it already holds)."""
+
+    def __init__(self, target: ImageTarget, spool_dir: Path | None = None) -> None:
+        self.target = target
+        self.spool_dir = spool_dir
+
+    def begin(self) -> BlobWriter:
+        return _SpoolWriter(self.target, self.spool_dir)
+
+    def put(self, data: bytes) -> Digest:
+        digest = Digest.of(data)
+        self.target.put_blob_from(digest, len(data), io.BytesIO(data))
+        return digest
 
 
 # ---------------------------------------------------------------------------------------------

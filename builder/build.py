@@ -55,6 +55,7 @@ class BuildStats:
 class BuiltImage:
     manifest: Manifest
     manifest_descriptor: Descriptor
+    manifest_bytes: bytes  # not in the sink: the caller stores it last, as it tags the image
     config: Descriptor
     blobs: tuple[Descriptor, ...]
     bootstrap: Descriptor
@@ -250,12 +251,12 @@ class _Builder:
             config, self.blobs, boot, subject=source.subject, annotations=annotations
         )
         raw = manifest.encode()
-        self.sink.put(raw)
         if self.progress is not None:
             self.progress(self.counter.value, self.total)
         return BuiltImage(
             manifest=manifest,
             manifest_descriptor=Descriptor(MEDIA_TYPE_OCI_MANIFEST, Digest.of(raw), len(raw)),
+            manifest_bytes=raw,
             config=config,
             blobs=tuple(self.blobs),
             bootstrap=boot,

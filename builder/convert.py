@@ -1,28 +1,24 @@
-"""`imagefs convert SOURCE TARGET` as one service function: parse the references, open the
-source, build into the target OCI layout, tag it. Nothing appears at TARGET unless the
-conversion succeeds: a new layout is built in a sibling temp dir and renamed into place; in
-an existing layout, blobs this run added are removed again on failure, and index.json is
-updated last."""
+"""`imagefs convert SOURCE TARGET` as one service function: open the source, build into the
+target, store the manifest last. Nothing appears at TARGET unless the conversion succeeds: a
+new OCI layout is built in a sibling temp dir and renamed into place; in an existing layout,
+blobs this run added are removed again on failure; in a registry, the manifest is pushed only
+after every blob it names."""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-from builder.blobs import LayoutBlobSink
+from builder.blobs import BlobSink, LayoutBlobSink, SpoolingBlobSink
 from builder.build import Progress, build_image
-from builder.refs import TargetRef, parse_source, parse_target
-from builder.sources import opened
+from builder.refs import parse_source, parse_target
+from builder.sources import LayerSource, open_image_store, opened
 from imagefs.config import Config
 from imagefs.digest import Digest
-from imagefs.errors import ImagefsError, TargetError
-from imagefs.oci import OciLayout
+from imagefs.image import ImageStore
+from imagefs.target import ImageTarget, LayoutTarget, layout_target
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,66 +34,53 @@ class ConvertResult:
 
 
 @contextlib.contextmanager
-def _target_layout(ref: TargetRef) -> Iterator[LayoutBlobSink]:
-    path = ref.path
-    fresh = not path.exists() or (path.is_dir() and not any(path.iterdir()))
-    if not fresh:
-        try:
-            layout = OciLayout.open(path)
-        except ImagefsError:
-            raise TargetError(f"target {path} exists and is not an OCI image layout") from None
-        sink = LayoutBlobSink(layout)
-        try:
-            yield sink
-        except BaseException:
-            sink.rollback()
-            raise
+def _source(source: str | ImageStore, platform: Mapping[str, str] | None) -> Iterator[LayerSource]:
+    if isinstance(source, str):
+        with opened(parse_source(source)) as src:
+            yield src
         return
-    parent = path.absolute().parent
-    if not parent.is_dir():
-        raise TargetError(f"cannot create {path}: {parent} is not a directory")
+    src = open_image_store(source, platform)
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.imagefs-", dir=parent))
-    except OSError as exc:
-        raise TargetError(f"cannot create {path}: {exc.strerror}") from None
-    try:
-        yield LayoutBlobSink(OciLayout.create(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        os.rename(tmp, path)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise TargetError(f"cannot create {path}: {exc.strerror}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        yield src
+    finally:
+        src.close()
+
+
+@contextlib.contextmanager
+def _target(target: str | ImageTarget) -> Iterator[tuple[ImageTarget, BlobSink, str]]:
+    if isinstance(target, str):
+        ref = parse_target(target)
+        with layout_target(ref.path, ref.tag) as layout:
+            yield layout, LayoutBlobSink(layout), str(ref)
+        return
+    sink = LayoutBlobSink(target) if isinstance(target, LayoutTarget) else SpoolingBlobSink(target)
+    yield target, sink, target.describe()
 
 
 def convert(
-    source: str,
-    target: str,
+    source: str | ImageStore,
+    target: str | ImageTarget,
     config: Config,
     *,
     progress: Progress | None = None,
     prefetch_paths: Sequence[str] = (),
+    platform: Mapping[str, str] | None = None,
 ) -> ConvertResult:
-    """Convert SOURCE (`oci:PATH[:TAG]`, `docker-archive:PATH`, `dir:PATH`) into an imagefs
-    image tagged in the OCI layout TARGET (`oci:PATH[:TAG]`, tag default "latest").
+    """Convert SOURCE (`oci:PATH[:TAG]`, `docker-archive:PATH`, `dir:PATH`, or an opened
+    `ImageStore` such as a registry image) into an imagefs image at TARGET (`oci:PATH[:TAG]`,
+    tag default "latest", or an opened `ImageTarget` such as a registry repository).
 
     `progress(bytes_done, bytes_total_or_None)` is called as source bytes are consumed.
     `prefetch_paths` (absolute image paths of regular files, in order) become the image's
-    prefetch list."""
+    prefetch list. `platform` picks the image of a multi-platform source index."""
     started = time.monotonic()
-    source_ref = parse_source(source)
-    target_ref = parse_target(target)
-    with opened(source_ref) as src, _target_layout(target_ref) as sink:
+    with _source(source, platform) as src, _target(target) as (dest, sink, where):
         image = build_image(src, sink, config, progress=progress, prefetch_paths=prefetch_paths)
-        sink.layout.set_tag(image.manifest_descriptor, target_ref.tag)
+        dest.put_manifest(image.manifest_descriptor, image.manifest_bytes)
     stats = image.stats
     return ConvertResult(
         manifest_digest=image.manifest_descriptor.digest,
-        target=str(target_ref),
+        target=where,
         bytes_in=stats.bytes_in,
         chunks_total=stats.chunks_total,
         chunks_unique=stats.chunks_unique,

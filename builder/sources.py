@@ -14,7 +14,7 @@ import queue
 import stat
 import tarfile
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, BinaryIO, Protocol, TypeVar, cast
@@ -24,6 +24,7 @@ from builder.refs import SourceRef
 from builder.tarlayer import STREAM_ERRORS, ByteCounter, Member, read_layer
 from imagefs.digest import Digest
 from imagefs.errors import FormatError, ImagefsError, NotFoundError, SourceError
+from imagefs.image import ImageStore
 from imagefs.oci import (
     INDEX_TYPES,
     MANIFEST_TYPES,
@@ -268,18 +269,29 @@ class OciImageSource:
         except FormatError as exc:
             raise SourceError(f"{store.where}: manifest {desc.digest}: {exc}") from None
         config = _read_verified(store, manifest.config.digest, "image config")
+        subject = Descriptor(desc.media_type, desc.digest, len(raw))
+        return cls.of_manifest(manifest, subject, config, store.open, on_close)
+
+    @classmethod
+    def of_manifest(
+        cls,
+        manifest: Manifest,
+        subject: Descriptor,
+        config: bytes,
+        open_blob: Callable[[Digest], BinaryIO],
+        on_close: Callable[[], None] = lambda: None,
+    ) -> OciImageSource:
         n = len(manifest.layers)
         layers = tuple(
             TarLayer(
                 name=f"layer {i + 1}/{n} ({layer.digest.algorithm}:{layer.digest.short})",
-                open_raw=functools.partial(store.open, layer.digest),
+                open_raw=functools.partial(open_blob, layer.digest),
                 media_type=layer.media_type,
                 size=layer.size,
                 digest=layer.digest,
             )
             for i, layer in enumerate(manifest.layers)
         )
-        subject = Descriptor(desc.media_type, desc.digest, len(raw))
         return cls(config, subject, layers, on_close)
 
     def close(self) -> None:
@@ -288,6 +300,15 @@ class OciImageSource:
 
 def open_oci_layout(path: Path, tag: str | None) -> OciImageSource:
     return OciImageSource.open(LayoutStore(path), tag)
+
+
+def open_image_store(store: ImageStore, platform: Mapping[str, str] | None = None) -> LayerSource:
+    """A source image behind an `ImageStore` (a registry, plugged in at the edge): the
+    manifest for `platform`, its config, and its layers streamed as they are read."""
+    desc, manifest = store.resolve_manifest(platform)
+    config = store.read_blob(manifest.config.digest)
+    subject = Descriptor(desc.media_type, desc.digest, desc.size)
+    return OciImageSource.of_manifest(manifest, subject, config, store.open_blob)
 
 
 # ---------------------------------------------------------------------------------------------

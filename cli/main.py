@@ -4,6 +4,7 @@ one-line message and its exit code (a traceback only with `--debug`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -92,6 +93,42 @@ def _config(ctx_obj: dict[str, Any], **overrides: Any) -> Config:
     return config_mod.load(file=ctx_obj.get("config_file"), overrides=overrides)
 
 
+def _creds(text: str | None) -> Any:
+    from registry.credentials import parse_creds
+
+    return parse_creds(text) if text else None
+
+
+def _platform(text: str | None) -> dict[str, str] | None:
+    from imagefs.oci import parse_platform
+
+    return parse_platform(text) if text else None
+
+
+def _store(image: str, cfg: Config, creds: str | None = None) -> Any:
+    """The `ImageStore` for IMAGE: an OCI layout (oci:PATH[:TAG]) or a registry reference."""
+    from imagefs.image import open_store
+    from registry.store import is_registry_ref, open_registry_store
+
+    if is_registry_ref(image):
+        return open_registry_store(image, cfg, _creds(creds))
+    return open_store(image)
+
+
+def _creds_option(name: str, envvar: str, what: str) -> Callable[[Any], Any]:
+    return click.option(
+        name,
+        envvar=envvar,
+        metavar="USER:PASSWORD",
+        help=f"Credentials for {what} (or ${envvar}; default: the docker config).",
+    )
+
+
+_platform_option = click.option(
+    "--platform", metavar="OS/ARCH[/VARIANT]", help="Image of a multi-platform index to use."
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option(
     "--config",
@@ -130,6 +167,9 @@ def cli(ctx: click.Context, config_file: Path | None, debug: bool) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="File of absolute image paths (one a line) to prefetch on mount, in order.",
 )
+@_creds_option("--src-creds", "IMAGEFS_SRC_CREDS", "a registry SOURCE")
+@_creds_option("--dest-creds", "IMAGEFS_DEST_CREDS", "a registry TARGET")
+@_platform_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 def convert(
@@ -139,19 +179,38 @@ def convert(
     target: str,
     as_json: bool,
     prefetch_list: Path | None,
+    src_creds: str | None,
+    dest_creds: str | None,
+    platform: str | None,
     **opts: Any,
 ) -> None:
     """Convert SOURCE into an imagefs image at TARGET.
 
-    SOURCE: oci:PATH[:TAG], docker-archive:PATH or dir:PATH. TARGET: oci:PATH[:TAG].
+    SOURCE: oci:PATH[:TAG], docker-archive:PATH, dir:PATH, or a registry reference
+    ([docker://]HOST/REPO[:TAG|@DIGEST]). TARGET: oci:PATH[:TAG] or a registry reference;
+    a registry gets every blob first and the manifest last.
     """
     from builder.convert import convert as run_convert
     from imagefs.pathlist import read_path_list
+    from registry.store import is_registry_ref, open_registry_store, open_registry_target
 
     cfg = _config(obj, **opts)
     prefetch = read_path_list(prefetch_list) if prefetch_list is not None else []
+    src: Any = source
+    dest: Any = target
+    if is_registry_ref(source):
+        src = open_registry_store(source, cfg, _creds(src_creds))
+    if is_registry_ref(target):
+        dest = open_registry_target(target, cfg, _creds(dest_creds))
     with _progress("converting", None, not as_json) as update:
-        result = run_convert(source, target, cfg, progress=update, prefetch_paths=prefetch)
+        result = run_convert(
+            src,
+            dest,
+            cfg,
+            progress=update,
+            prefetch_paths=prefetch,
+            platform=_platform(platform),
+        )
     data = {
         "manifest_digest": str(result.manifest_digest),
         "target": result.target,
@@ -176,13 +235,89 @@ def convert(
 
 
 # ---------------------------------------------------------------------------------------------
+# copy
+
+
+@cli.command()
+@click.argument("source")
+@click.argument("target")
+@_creds_option("--src-creds", "IMAGEFS_SRC_CREDS", "a registry SOURCE")
+@_creds_option("--dest-creds", "IMAGEFS_DEST_CREDS", "a registry TARGET")
+@_platform_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_obj
+def copy(
+    obj: dict[str, Any],
+    source: str,
+    target: str,
+    src_creds: str | None,
+    dest_creds: str | None,
+    platform: str | None,
+    as_json: bool,
+) -> None:
+    """Copy an image from SOURCE to TARGET as it is (no re-chunking).
+
+    Each is oci:PATH[:TAG] or a registry reference. Blobs the target holds are skipped;
+    within one registry, blobs are mounted from the source repository instead of uploaded;
+    the manifest is written last.
+    """
+    from builder.refs import parse_target
+    from imagefs.copy import copy_image
+    from imagefs.target import layout_target
+    from registry.reference import parse_reference
+    from registry.store import is_registry_ref, open_registry_target
+
+    cfg = _config(obj)
+    store = _store(source, cfg, src_creds)
+    with contextlib.ExitStack() as stack:
+        if is_registry_ref(target):
+            mount_from: tuple[str, ...] = ()
+            if is_registry_ref(source):
+                src_ref, dest_ref = parse_reference(source), parse_reference(target)
+                if src_ref.registry == dest_ref.registry:
+                    mount_from = (src_ref.repository,)
+            dest: Any = open_registry_target(target, cfg, _creds(dest_creds), mount_from)
+            name = target
+        else:
+            ref = parse_target(target)
+            dest = stack.enter_context(layout_target(ref.path, ref.tag))
+            name = str(ref)
+        with _counting_progress("copying", 0, not as_json) as step:
+            result = copy_image(store, dest, platform=_platform(platform), progress=step)
+    data = {
+        "manifest_digest": str(result.manifest_digest),
+        "target": name,
+        "blobs_copied": result.blobs_copied,
+        "blobs_skipped": result.blobs_skipped,
+        "bytes_copied": result.bytes_copied,
+    }
+    _emit(
+        as_json,
+        data,
+        lambda: click.echo(
+            f"{name} {result.manifest_digest}\n  {result.blobs_copied} blob(s) copied "
+            f"({_human(result.bytes_copied)}), {result.blobs_skipped} already there"
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # mount / umount / stats
 
 
-def _open(image: str, cfg: Config, *, node_cache: LmdbChunkCache | None) -> Any:
-    from imagefs.image import open_image, open_store
+def _open(
+    image: str,
+    cfg: Config,
+    *,
+    node_cache: LmdbChunkCache | None,
+    creds: str | None = None,
+    platform: str | None = None,
+) -> Any:
+    from imagefs.image import open_image
 
-    return open_image(open_store(image), cfg, cache=node_cache)
+    return open_image(
+        _store(image, cfg, creds), cfg, cache=node_cache, platform=_platform(platform)
+    )
 
 
 @cli.command()
@@ -200,6 +335,8 @@ def _open(image: str, cfg: Config, *, node_cache: LmdbChunkCache | None) -> Any:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the paths of opened files, in first-access order, to this file.",
 )
+@_creds_option("--creds", "IMAGEFS_CREDS", "the registry")
+@_platform_option
 @click.pass_obj
 def mount(
     obj: dict[str, Any],
@@ -209,8 +346,15 @@ def mount(
     cache_dir: Path | None,
     allow_other: bool,
     record_access: Path | None,
+    creds: str | None,
+    platform: str | None,
 ) -> None:
-    """Mount IMAGE (oci:PATH[:TAG]) read-only at MOUNTPOINT, fetching chunks lazily."""
+    """Mount IMAGE read-only at MOUNTPOINT, fetching chunks lazily.
+
+    IMAGE: oci:PATH[:TAG] or a registry reference ([docker://]HOST/REPO[:TAG|@DIGEST]).
+    Only the manifest and the bootstrap are fetched up front; file reads fetch the chunks
+    they need with Range requests, through the node-wide chunk cache.
+    """
     from fuse_mount import mount as mount_mod
 
     cfg = _config(obj, cache_dir=cache_dir)
@@ -225,7 +369,7 @@ def mount(
     if foreground:
         # closed on unmount, which writes the last batch of access stamps
         with LmdbChunkCache(cfg.cache_dir, cfg.cache_max_bytes) as node_cache:
-            opened = _open(image, cfg, node_cache=node_cache)
+            opened = _open(image, cfg, node_cache=node_cache, creds=creds, platform=platform)
             mount_mod.serve(
                 opened,
                 mountpoint,
@@ -245,8 +389,12 @@ def mount(
         argv.append("--allow-other")
     if record_access is not None:
         argv += ["--record-access", str(record_access)]
+    if platform is not None:
+        argv += ["--platform", platform]
     argv += [image, str(mountpoint)]
-    pid = mount_mod.spawn_background(argv, mountpoint, cfg)
+    # credentials go through the environment, never the command line (ps shows that)
+    env = {"IMAGEFS_CREDS": creds} if creds else {}
+    pid = mount_mod.spawn_background(argv, mountpoint, cfg, env=env)
     click.echo(f"mounted {image} at {mountpoint} (pid {pid})", err=True)
 
 
@@ -375,14 +523,23 @@ def cache_clear(obj: dict[str, Any], cache_dir: Path | None, as_json: bool) -> N
 @cli.command()
 @click.argument("image")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@_creds_option("--creds", "IMAGEFS_CREDS", "the registry")
+@_platform_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
-def unpack(obj: dict[str, Any], image: str, directory: Path, as_json: bool) -> None:
+def unpack(
+    obj: dict[str, Any],
+    image: str,
+    directory: Path,
+    as_json: bool,
+    creds: str | None,
+    platform: str | None,
+) -> None:
     """Write the whole tree of IMAGE into DIRECTORY (new or empty), with all metadata."""
     from imagefs.unpack import unpack as run_unpack
 
     cfg = _config(obj)
-    opened = _open(image, cfg, node_cache=None)
+    opened = _open(image, cfg, node_cache=None, creds=creds, platform=platform)
     total = sum(
         opened.bootstrap.inode(i).size
         for i in range(opened.bootstrap.inode_count)
@@ -406,15 +563,19 @@ def unpack(obj: dict[str, Any], image: str, directory: Path, as_json: bool) -> N
 
 @cli.command()
 @click.argument("image")
+@_creds_option("--creds", "IMAGEFS_CREDS", "the registry")
+@_platform_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
-def check(obj: dict[str, Any], image: str, as_json: bool) -> None:
+def check(
+    obj: dict[str, Any], image: str, as_json: bool, creds: str | None, platform: str | None
+) -> None:
     """Decode everything in IMAGE and verify every chunk; exit non-zero on any problem."""
     from imagefs.errors import IntegrityError
     from imagefs.inspect import check_image
 
     cfg = _config(obj)
-    opened = _open(image, cfg, node_cache=None)
+    opened = _open(image, cfg, node_cache=None, creds=creds, platform=platform)
     total = sum(c.size for c in opened.bootstrap.chunks())
     with _counting_progress("verifying", total, not as_json) as step:
         result = check_image(opened, progress=step)
@@ -444,13 +605,19 @@ def check(obj: dict[str, Any], image: str, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("image")
+@_creds_option("--creds", "IMAGEFS_CREDS", "the registry")
+@_platform_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
-def inspect(obj: dict[str, Any], image: str, as_json: bool) -> None:
+def inspect(
+    obj: dict[str, Any], image: str, as_json: bool, creds: str | None, platform: str | None
+) -> None:
     """Files, bytes, chunks, unique chunks, dedup ratio and blobs of IMAGE."""
     from imagefs.inspect import inspect_image
 
-    info = inspect_image(_open(image, _config(obj), node_cache=None))
+    info = inspect_image(
+        _open(image, _config(obj), node_cache=None, creds=creds, platform=platform)
+    )
 
     def text() -> None:
         click.echo(f"manifest   {info.manifest_digest}")

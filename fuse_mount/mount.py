@@ -13,7 +13,7 @@ import socketserver
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -249,8 +249,11 @@ def serve(
             sock_path.unlink()
 
 
-def spawn_background(argv: Sequence[str], mountpoint: Path, config: Config) -> int:
-    """Run a foreground-mount command detached, wait until the mount is up; its PID."""
+def spawn_background(
+    argv: Sequence[str], mountpoint: Path, config: Config, env: Mapping[str, str] | None = None
+) -> int:
+    """Run a foreground-mount command detached, wait until the mount is up; its PID.
+    `env` adds to the inherited environment (how secrets reach the child)."""
     logpath = log_file(config, mountpoint)
     logpath.parent.mkdir(parents=True, exist_ok=True)
     with open(logpath, "ab") as logf:
@@ -261,6 +264,7 @@ def spawn_background(argv: Sequence[str], mountpoint: Path, config: Config) -> i
             stderr=logf,
             start_new_session=True,
             close_fds=True,
+            env={**os.environ, **env} if env else None,
         )
     deadline = time.monotonic() + config.mount_timeout_s
     sock = control_socket(config, mountpoint)

@@ -42,6 +42,16 @@ class Config:
     max_read_bytes: int = 1 * MIB
     coalesce_max_bytes: int = 4 * MIB
     coalesce_gap_bytes: int = 64 * KIB
+    readahead_bytes: int = 1 * MIB  # extra bytes fetched ahead of a sequential reader
+    fetch_threads: int = 4  # parallel Range requests of one read
+    # registries
+    registry_timeout_s: float = 30.0  # per HTTP request
+    registry_retries: int = 3  # retries on connection errors, 429 and 5xx
+    registry_mirrors: tuple[str, ...] = ()  # "REGISTRY=URL" ("*=URL" for all), tried first
+    registry_proxy: str = ""  # http(s) proxy URL for registry traffic
+    registry_ca_file: str = ""  # PEM bundle trusted for registry TLS (default: system CAs)
+    plain_http_registries: tuple[str, ...] = ()  # host[:port] spoken to over plain HTTP
+    docker_config: str = ""  # docker config.json for credentials ("": ~/.docker/config.json)
 
     def __post_init__(self) -> None:
         if not 64 <= self.min_chunk_bytes <= self.avg_chunk_bytes <= self.max_chunk_bytes:
@@ -59,6 +69,16 @@ class Config:
             raise ConfigError("compress_min_saving must be in [0, 1)")
         if self.cache_max_bytes < 0 or self.memory_cache_bytes < 0:
             raise ConfigError("cache sizes must not be negative")
+        if self.readahead_bytes < 0 or not 1 <= self.fetch_threads <= 64:
+            raise ConfigError("readahead_bytes must be >= 0 and fetch_threads in 1..64")
+        if self.registry_timeout_s <= 0 or self.registry_retries < 0:
+            raise ConfigError("registry_timeout_s must be > 0 and registry_retries >= 0")
+        for mirror in self.registry_mirrors:
+            host, sep, url = mirror.partition("=")
+            if not sep or not host or not url.startswith(("http://", "https://")):
+                raise ConfigError(
+                    f"registry mirror {mirror!r} must be REGISTRY=http(s)://HOST[:PORT]"
+                )
 
     def replace(self, **changes: Any) -> Config:
         return load(overrides=changes, base=self)
@@ -72,6 +92,12 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
     try:
         if kind is Path:
             return Path(value).absolute()
+        if kind is tuple:
+            if isinstance(value, str):
+                return tuple(x.strip() for x in value.split(",") if x.strip())
+            if not isinstance(value, list | tuple) or not all(isinstance(x, str) for x in value):
+                raise TypeError
+            return tuple(value)
         if kind is bool:
             if isinstance(value, str):
                 return value.strip().lower() in ("1", "true", "yes", "on")
@@ -137,6 +163,11 @@ def load(
             env_key = "IMAGEFS_" + key.upper()
             if env_key in env:
                 values[key] = _coerce(key, env[env_key], env_key)
+    if not values.get("docker_config"):
+        if env.get("DOCKER_CONFIG"):
+            values["docker_config"] = str(Path(env["DOCKER_CONFIG"]) / "config.json")
+        elif env.get("HOME"):
+            values["docker_config"] = str(Path(env["HOME"]) / ".docker" / "config.json")
     for key, value in (overrides or {}).items():
         if key not in _FIELDS:
             raise ConfigError(f"unknown setting {key!r}")

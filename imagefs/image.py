@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from imagefs.chunks import (
     BlobReader,
@@ -33,7 +33,16 @@ class ImageStore(Protocol):
         self, platform: Mapping[str, str] | None = None
     ) -> tuple[Descriptor, Manifest]: ...
 
+    def read_manifest(self, desc: Descriptor) -> bytes:
+        """The exact bytes of a manifest `resolve_manifest` returned (verified)."""
+        ...
+
     def read_blob(self, digest: Digest) -> bytes: ...
+
+    def open_blob(self, digest: Digest) -> BinaryIO:
+        """A stream of the blob's bytes; a digest mismatch surfaces as an error at EOF or
+        is caught by the reader hashing what it copies."""
+        ...
 
     def blob_reader(self) -> BlobReader: ...
 
@@ -53,8 +62,14 @@ class LayoutImageStore:
     ) -> tuple[Descriptor, Manifest]:
         return self.layout.resolve_manifest(self.ref.tag, platform)
 
+    def read_manifest(self, desc: Descriptor) -> bytes:
+        return self.layout.read_blob(desc.digest)
+
     def read_blob(self, digest: Digest) -> bytes:
         return self.layout.read_blob(digest)
+
+    def open_blob(self, digest: Digest) -> BinaryIO:
+        return self.layout.open_blob(digest)
 
     def blob_reader(self) -> BlobReader:
         return FileBlobReader(Path(self.layout.root) / "blobs")
@@ -74,7 +89,7 @@ class OpenedImage:
 
 
 def open_store(ref: str) -> ImageStore:
-    """The store for a local image reference (registries are wired in at the CLI edge)."""
+    """The store for a local image reference (registries are plugged in by the caller)."""
     if ref.startswith("oci:"):
         return LayoutImageStore(LayoutRef.parse(ref))
     raise FormatError(f"unsupported image reference {ref!r} (expected oci:PATH[:TAG])")

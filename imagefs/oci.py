@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from imagefs.digest import Digest
-from imagefs.errors import FormatError, NotFoundError, SourceError, TargetError
+from imagefs.errors import FormatError, NotFoundError, SourceError, TargetError, UsageError
 
 MEDIA_TYPE_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_TYPE_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -180,6 +180,17 @@ def current_platform() -> dict[str, str]:
     machine = os.uname().machine
     arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(machine, machine)
     return {"os": "linux", "architecture": arch}
+
+
+def parse_platform(text: str) -> dict[str, str]:
+    """`OS/ARCH[/VARIANT]` (as `--platform` takes it) as an OCI platform mapping."""
+    parts = text.split("/")
+    if not 2 <= len(parts) <= 3 or not all(parts):
+        raise UsageError(f"platform {text!r} must be OS/ARCH[/VARIANT], e.g. linux/amd64")
+    out = {"os": parts[0], "architecture": parts[1]}
+    if len(parts) == 3:
+        out["variant"] = parts[2]
+    return out
 
 
 def select_platform(index: Index, platform: Mapping[str, str] | None = None) -> Descriptor:

@@ -11,17 +11,21 @@ here and go no further.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
+import hashlib
+import io
 import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from imagefs.digest import Digest
@@ -32,6 +36,7 @@ from imagefs.errors import (
     IntegrityError,
     NotFoundError,
     RegistryError,
+    TargetError,
     UsageError,
 )
 from imagefs.oci import INDEX_TYPES, MANIFEST_TYPES, Descriptor
@@ -107,10 +112,19 @@ def slice_chunks(chunks: Iterable[bytes], offset: int, length: int) -> tuple[byt
     return bytes(out), pos
 
 
-def _with_query(url: str, extra: Mapping[str, str]) -> str:
+def _with_query(url: str, extra: Mapping[str, str] | Iterable[tuple[str, str]]) -> str:
     parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True) + list(extra.items())
+    pairs = list(extra.items()) if isinstance(extra, Mapping) else list(extra)
+    query = parse_qsl(parts.query, keep_blank_values=True) + pairs
     return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def token_query(params: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Token endpoint query pairs: a space-separated scope (as a registry's challenge lists
+    several) becomes one `scope` parameter each, as the token spec asks."""
+    pairs = [(k, v) for k, v in params.items() if k != "scope"]
+    pairs += [("scope", scope) for scope in params.get("scope", "").split() if scope]
+    return pairs
 
 
 def _media_type(content_type: str | None) -> str:
@@ -129,6 +143,9 @@ class ClientStats:
     auth_fetches: int = 0
     blobs_pushed: int = 0
     blobs_skipped: int = 0
+    blobs_mounted: int = 0
+    upload_chunks: int = 0
+    bytes_pushed: int = 0
     bytes_read: int = 0
 
 
@@ -146,6 +163,9 @@ class RegistryClient:
         backoff_s: float = 0.5,
         backoff_cap_s: float = 8.0,
         pool_size: int = 16,
+        ca_file: str | None = None,
+        proxy: str | None = None,
+        chunk_upload_bytes: int = 16 << 20,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.registry = registry
@@ -172,6 +192,11 @@ class RegistryClient:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers["User-Agent"] = "imagefs/0.1"
+        if ca_file:
+            self.session.verify = ca_file
+        if proxy:
+            self.session.proxies = {"http": proxy, "https": proxy}
+        self.chunk_upload_bytes = chunk_upload_bytes
 
     @classmethod
     def for_reference(cls, ref: Reference, **kwargs: Any) -> RegistryClient:
@@ -275,24 +300,66 @@ class RegistryClient:
             raise IntegrityError(f"{what}: got {len(data)} bytes; the blob is shorter")
         return data
 
+    def open_blob(self, repository: str, digest: Digest) -> BinaryIO:
+        """The blob as a stream, read as it is consumed; at its end the bytes are checked
+        against the digest (an `IntegrityError` then, never a silent mismatch)."""
+        what = f"blob {digest} in {self._name(repository)}"
+        url = f"{self.base}/v2/{repository}/blobs/{digest}"
+        resp = self._checked("GET", url, repository, PULL, what, stream=True)
+        return io.BufferedReader(_VerifiedStream(self, resp, digest, what), 1 << 20)
+
     def push_blob(self, repository: str, data: bytes) -> Digest:
-        """Upload `data` (monolithic: POST, then PUT with the digest) unless already there."""
+        """Upload `data` unless the repository already holds it."""
         digest = Digest.of(data)
+        self.push_blob_from(repository, digest, len(data), io.BytesIO(data))
+        return digest
+
+    def push_blob_from(
+        self,
+        repository: str,
+        digest: Digest,
+        size: int,
+        file: BinaryIO,
+        *,
+        mount_from: Iterable[str] = (),
+    ) -> str:
+        """Upload `size` bytes of `file` as blob `digest`: skipped when the repository holds
+        it (HEAD first), mounted from another repository of this registry when one of
+        `mount_from` holds it, else uploaded monolithically (up to `chunk_upload_bytes`) or
+        in chunks. The registry checks the digest. Returns "skipped", "mounted" or "pushed"."""
         if self.blob_exists(repository, digest):
             with self._lock:
                 self.stats.blobs_skipped += 1
-            return digest
-        name = self._name(repository)
-        what = f"upload of blob {digest} to {name}"
-        start = self._checked(
-            "POST", f"{self.base}/v2/{repository}/blobs/uploads/", repository, PUSH, what
-        )
-        start.close()
-        if start.status_code != 202 or "Location" not in start.headers:
-            raise RegistryError(
-                f"{what}: the registry answered {start.status_code} without Location"
-            )
-        location = urljoin(start.url, start.headers["Location"])
+            return "skipped"
+        for other in mount_from:
+            if other != repository and self.mount_blob(repository, digest, other):
+                return "mounted"
+        what = f"upload of blob {digest} to {self._name(repository)}"
+        location = self._start_upload(repository, what)
+        if size <= self.chunk_upload_bytes:
+            data = _read_exactly(file, size, what)
+        else:
+            offset = 0
+            while offset < size:
+                piece = _read_exactly(file, min(self.chunk_upload_bytes, size - offset), what)
+                patch = self._checked(
+                    "PATCH",
+                    location,
+                    repository,
+                    PUSH,
+                    what,
+                    data=piece,
+                    headers={
+                        "Content-Type": "application/octet-stream",
+                        "Content-Range": f"{offset}-{offset + len(piece) - 1}",
+                    },
+                )
+                patch.close()
+                location = self._next_location(patch, what)
+                offset += len(piece)
+                with self._lock:
+                    self.stats.upload_chunks += 1
+            data = b""
         put = self._checked(
             "PUT",
             _with_query(location, {"digest": str(digest)}),
@@ -307,7 +374,61 @@ class RegistryClient:
             raise RegistryError(f"{what}: the registry answered {put.status_code}, not 201")
         with self._lock:
             self.stats.blobs_pushed += 1
-        return digest
+            self.stats.bytes_pushed += size
+        return "pushed"
+
+    def mount_blob(self, repository: str, digest: Digest, from_repository: str) -> bool:
+        """Cross-repository mount: make `from_repository`'s blob `digest` part of
+        `repository` without uploading it. False when the registry declined (it then opened
+        an upload, which is cancelled)."""
+        what = f"mount of blob {digest} from {from_repository} into {self._name(repository)}"
+        url = f"{self.base}/v2/{repository}/blobs/uploads/?" + urlencode(
+            {"mount": str(digest), "from": from_repository}
+        )
+        try:
+            resp = self._checked(
+                "POST",
+                url,
+                repository,
+                PUSH,
+                what,
+                extra_scope=repository_scope(from_repository, PULL),
+            )
+        except (AuthError, NotFoundError):
+            return False
+        resp.close()
+        if resp.status_code == 201:
+            with self._lock:
+                self.stats.blobs_mounted += 1
+            return True
+        if "Location" in resp.headers:
+            with contextlib.suppress(ImagefsError):
+                cancel = self._checked(
+                    "DELETE",
+                    urljoin(resp.url, resp.headers["Location"]),
+                    repository,
+                    PUSH,
+                    what,
+                    ok=(404,),
+                )
+                cancel.close()
+        return False
+
+    def _start_upload(self, repository: str, what: str) -> str:
+        start = self._checked(
+            "POST", f"{self.base}/v2/{repository}/blobs/uploads/", repository, PUSH, what
+        )
+        start.close()
+        if start.status_code != 202:
+            raise RegistryError(f"{what}: the registry answered {start.status_code}, not 202")
+        return self._next_location(start, what)
+
+    def _next_location(self, resp: requests.Response, what: str) -> str:
+        if "Location" not in resp.headers:
+            raise RegistryError(
+                f"{what}: the registry answered {resp.status_code} without Location"
+            )
+        return urljoin(resp.url, resp.headers["Location"])
 
     def push_manifest(self, ref: Reference, media_type: str, data: bytes) -> Descriptor:
         """PUT the manifest under `ref`'s tag (or digest); returns its descriptor."""
@@ -358,8 +479,11 @@ class RegistryClient:
         data: bytes | None = None,
         stream: bool = False,
         ok: tuple[int, ...] = (),
+        extra_scope: str | None = None,
     ) -> requests.Response:
         scope = repository_scope(repository, actions)
+        if extra_scope:
+            scope = f"{scope} {extra_scope}"
         hdrs = dict(headers or {})
         auth = self._auth_for(scope)
         if auth:
@@ -422,7 +546,7 @@ class RegistryClient:
         hdrs = {}
         if self.credentials is not None:
             hdrs["Authorization"] = self.credentials.basic_header()
-        token_url = _with_query(realm, params)
+        token_url = _with_query(realm, token_query(params))
         with self._lock:
             self.stats.auth_fetches += 1
         # the realm is another service: send the credentials there, and only there
@@ -464,6 +588,11 @@ class RegistryClient:
         while True:
             try:
                 resp = self._follow(method, url, headers, data, stream, trusted)
+            except requests.exceptions.SSLError:
+                raise RegistryError(
+                    f"TLS verification of {urlsplit(url).netloc} failed; trust its CA with "
+                    "registry_ca_file, or list it in plain_http_registries if it speaks HTTP"
+                ) from None
             except (requests.ConnectionError, requests.Timeout) as exc:
                 if attempt >= self.retries:
                     raise RegistryError(
@@ -585,3 +714,58 @@ class RepositoryBlobReader:
 
     def read_range(self, blob: Digest, offset: int, length: int) -> bytes:
         return self.client.read_range(self.repository, blob, offset, length)
+
+
+def _read_exactly(file: BinaryIO, size: int, what: str) -> bytes:
+    parts = []
+    left = size
+    while left:
+        piece = file.read(left)
+        if not piece:
+            raise TargetError(f"{what}: the blob ended {left} bytes early")
+        parts.append(piece)
+        left -= len(piece)
+    return b"".join(parts)
+
+
+class _VerifiedStream(io.RawIOBase):
+    """A blob response body as a raw stream, hashed as it is read and checked at EOF."""
+
+    def __init__(
+        self, client: RegistryClient, resp: requests.Response, digest: Digest, what: str
+    ) -> None:
+        self._client = client
+        self._resp = resp
+        self._digest = digest
+        self._what = what
+        self._hash = hashlib.new(digest.algorithm)
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._done:
+            return 0
+        try:
+            data = self._resp.raw.read(len(buffer), decode_content=True)
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise RegistryError(f"{self._what}: transfer failed ({type(exc).__name__})") from None
+        if not data:
+            self._done = True
+            if self._hash.hexdigest() != self._digest.hex:
+                raise IntegrityError(
+                    f"{self._what}: the registry sent bytes that do not match the digest"
+                )
+            return 0
+        n = len(data)
+        buffer[:n] = data
+        self._hash.update(data)
+        with self._client._lock:
+            self._client.stats.bytes_read += n
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._resp.close()
+        super().close()

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from builder.blobs import BlobSink, DataBlobWriter, LayoutBlobSink, MemoryBlobSink
+from builder.blobs import (
+    BlobSink,
+    DataBlobWriter,
+    LayoutBlobSink,
+    MemoryBlobSink,
+    SpoolingBlobSink,
+)
 from imagefs.digest import ChunkDigest, Digest
 from imagefs.errors import TargetError
 from imagefs.format import (
@@ -16,22 +22,31 @@ from imagefs.format import (
     decode_blob_table,
 )
 from imagefs.oci import OciLayout
+from imagefs.target import LayoutTarget
 
 
 def layout_sink(tmp_path: Path) -> LayoutBlobSink:
-    return LayoutBlobSink(OciLayout.create(tmp_path / "layout"))
+    return LayoutBlobSink(LayoutTarget(OciLayout.create(tmp_path / "layout"), "latest"))
 
 
 def read(sink: BlobSink, digest: Digest) -> bytes:
     if isinstance(sink, MemoryBlobSink):
         return sink.blobs[digest]
+    if isinstance(sink, SpoolingBlobSink):
+        assert isinstance(sink.target, LayoutTarget)
+        return sink.target.layout.read_blob(digest)
     assert isinstance(sink, LayoutBlobSink)
     return sink.layout.read_blob(digest)
 
 
-@pytest.fixture(params=["memory", "layout"])
+@pytest.fixture(params=["memory", "layout", "spooled"])
 def sink(request: pytest.FixtureRequest, tmp_path: Path) -> BlobSink:
-    return MemoryBlobSink() if request.param == "memory" else layout_sink(tmp_path)
+    if request.param == "memory":
+        return MemoryBlobSink()
+    if request.param == "layout":
+        return layout_sink(tmp_path)
+    # any ImageTarget (a registry in production) behind the spooling sink
+    return SpoolingBlobSink(LayoutTarget(OciLayout.create(tmp_path / "spooled"), "latest"))
 
 
 def test_sink_conformance(sink: BlobSink) -> None:
@@ -78,12 +93,17 @@ def test_data_blob_layout(sink: BlobSink) -> None:
 def test_layout_rollback_removes_only_added_blobs(tmp_path: Path) -> None:
     sink = layout_sink(tmp_path)
     old = sink.put(b"was there before")
-    sink.added.clear()  # as if written by an earlier run
+    target = sink.target
+    target.added.clear()  # as if written by an earlier run
     new = sink.put(b"added by this run")
     again = sink.put(b"was there before")
-    assert again == old and sink.added == [new]
-    sink.rollback()
+    streamed = sink.begin()
+    streamed.write(b"streamed by this run")
+    newer, _ = streamed.commit()
+    assert again == old and target.added == [new, newer]
+    target.rollback()
     assert sink.layout.has_blob(old) and not sink.layout.has_blob(new)
+    assert not sink.layout.has_blob(newer)
     leftovers = [p.name for p in (sink.layout.root / "blobs" / "sha256").iterdir()]
     assert leftovers == [old.hex]  # no temp files either
 

@@ -54,7 +54,9 @@ def sample_source(compression: samples.SampleCompression = "mixed") -> MemorySou
 def build(source: MemorySource, **config: object) -> tuple[BuiltImage, MemoryBlobSink]:
     sink = MemoryBlobSink()
     image = build_image(source, sink, Config(**config))  # type: ignore[arg-type]
-    assert sink.blobs[image.manifest_descriptor.digest] == image.manifest.encode()
+    assert image.manifest_bytes == image.manifest.encode()
+    assert image.manifest_descriptor.digest == Digest.of(image.manifest_bytes)
+    assert image.manifest_descriptor.digest not in sink.blobs  # the caller stores it, last
     return image, sink
 
 
