@@ -241,6 +241,7 @@ def serve(
         raise MountError(f"FUSE mount of {mountpoint} failed (libfuse status {exc})") from None
     finally:
         stop_prefetch.set()
+        opened.view.close()
         if recorder is not None:
             recorder.stop()  # before the socket goes: `umount` waits for that
         server.shutdown()

@@ -114,7 +114,7 @@ def open_image(
         memory_cache_bytes=config.memory_cache_bytes,
         coalesce_max_bytes=config.coalesce_max_bytes,
         coalesce_gap_bytes=config.coalesce_gap_bytes,
+        fetch_threads=config.fetch_threads,
     )
-    return OpenedImage(
-        store, desc, image, bootstrap, FileSystemView(bootstrap, chunks, stats), stats
-    )
+    view = FileSystemView(bootstrap, chunks, stats, readahead_bytes=config.readahead_bytes)
+    return OpenedImage(store, desc, image, bootstrap, view, stats)

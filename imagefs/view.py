@@ -7,14 +7,17 @@ by users are bootstrap indices + 1 (so the root is 1, as FUSE expects). The FUSE
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import stat
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from imagefs.chunks import ChunkSource, ReadStats
-from imagefs.errors import FsError
-from imagefs.format import Bootstrap
+from imagefs.errors import FsError, ImagefsError
+from imagefs.format import Bootstrap, ChunkRef
 
 ROOT_INO = 1
 BLOCK = 512
@@ -40,10 +43,22 @@ class Attr:
 class FileSystemView:
     """Lookups and reads over one bootstrap and one chunk source."""
 
-    def __init__(self, bootstrap: Bootstrap, chunks: ChunkSource, stats: ReadStats | None = None):
+    def __init__(
+        self,
+        bootstrap: Bootstrap,
+        chunks: ChunkSource,
+        stats: ReadStats | None = None,
+        *,
+        readahead_bytes: int = 0,
+    ):
         self.bootstrap = bootstrap
         self.chunks = chunks
         self.stats = stats or ReadStats()
+        self.readahead_bytes = readahead_bytes
+        self._last_end: dict[int, int] = {}  # ino -> where its last read ended
+        self._ahead: dict[int, int] = {}  # ino -> how far readahead has been asked for
+        self._ra_lock = threading.Lock()
+        self._ra_pool: ThreadPoolExecutor | None = None
 
     def _index(self, ino: int) -> int:
         index = ino - 1
@@ -135,6 +150,8 @@ class FileSystemView:
         end = min(node.size, offset + size)
         if offset >= end:
             return b""
+        if self.readahead_bytes and end < node.size:
+            self._readahead(ino, index, node.size, offset, end)
         placed = list(self.bootstrap.file_chunks(index, offset, end))
         datas = self.chunks.get_chunks([ref for _, ref in placed])
         if len(placed) == 1:
@@ -147,3 +164,36 @@ class FileSystemView:
             out = b"".join(parts)
         self.stats.add(bytes_read=len(out), read_calls=1)
         return out
+
+    # -- readahead ---------------------------------------------------------------------------
+
+    def _readahead(self, ino: int, index: int, size: int, offset: int, end: int) -> None:
+        """A sequential reader (from offset 0, or where its last read ended) gets the next
+        `readahead_bytes` of the file fetched in the background, so that its next reads
+        find their chunks cached (or in flight) instead of waiting a round trip each."""
+        with self._ra_lock:
+            sequential = offset == 0 or self._last_end.get(ino) == offset
+            if len(self._last_end) > 65536:
+                self._last_end.clear()
+                self._ahead.clear()
+            self._last_end[ino] = end
+            if not sequential:
+                return
+            start = max(end, self._ahead.get(ino, 0))
+            stop = min(size, end + self.readahead_bytes)
+            if start >= stop or (stop - start < self.readahead_bytes // 2 and stop < size):
+                return  # most of the window is already on its way
+            self._ahead[ino] = stop
+            if self._ra_pool is None:
+                self._ra_pool = ThreadPoolExecutor(2, thread_name_prefix="imagefs-readahead")
+            pool = self._ra_pool
+        refs = [ref for _, ref in self.bootstrap.file_chunks(index, start, stop)]
+        pool.submit(self._fetch_quietly, refs)
+
+    def _fetch_quietly(self, refs: list[ChunkRef]) -> None:
+        with contextlib.suppress(ImagefsError):  # the read that needs them reports errors
+            self.chunks.get_chunks(refs)
+
+    def close(self) -> None:
+        if self._ra_pool is not None:
+            self._ra_pool.shutdown(wait=False, cancel_futures=True)

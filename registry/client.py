@@ -585,6 +585,7 @@ class RegistryClient:
         """One logical request: retries (connection errors, 429, 5xx) and redirects."""
         trusted = auth_host or self._netloc
         attempt = 0
+        deadline = time.monotonic() + self.timeout_s  # no retry starts after this
         while True:
             try:
                 resp = self._follow(method, url, headers, data, stream, trusted)
@@ -594,7 +595,7 @@ class RegistryClient:
                     "registry_ca_file, or list it in plain_http_registries if it speaks HTTP"
                 ) from None
             except (requests.ConnectionError, requests.Timeout) as exc:
-                if attempt >= self.retries:
+                if attempt >= self.retries or time.monotonic() >= deadline:
                     raise RegistryError(
                         f"cannot reach {self.registry} ({type(exc).__name__}) after "
                         f"{attempt + 1} attempts; check the address and that it is up"
@@ -605,7 +606,11 @@ class RegistryClient:
                     f"request to {self.registry} failed: {type(exc).__name__}"
                 ) from None
             else:
-                if resp.status_code not in RETRY_STATUSES or attempt >= self.retries:
+                if (
+                    resp.status_code not in RETRY_STATUSES
+                    or attempt >= self.retries
+                    or time.monotonic() >= deadline
+                ):
                     return resp
                 after = parse_retry_after(resp.headers.get("Retry-After"), time.time())
                 resp.close()
@@ -613,7 +618,7 @@ class RegistryClient:
             attempt += 1
             with self._lock:
                 self.stats.retries += 1
-            self._sleep(delay)
+            self._sleep(min(delay, max(0.0, deadline - time.monotonic())))
 
     def _follow(
         self,

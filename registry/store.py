@@ -167,7 +167,10 @@ class _RangeReader:
         self.repository = repository
 
     def read_range(self, blob: Digest, offset: int, length: int) -> bytes:
-        return self.client.read_range(self.repository, blob, offset, length)
+        try:
+            return self.client.read_range(self.repository, blob, offset, length)
+        except NotFoundError as exc:  # for a reader, a vanished blob is an I/O error
+            raise RegistryError(str(exc)) from None
 
 
 MAX_INDEX_DEPTH = 4

@@ -33,6 +33,22 @@ class RunningRegistry:
     host: str  # 127.0.0.1:PORT
     root: Path
     pid: int
+    data: Path  # the storage root directory
+
+    def blob_file(self, digest: str) -> Path:
+        """Where the filesystem driver keeps a blob's bytes (`sha256:HEX`)."""
+        hexd = digest.split(":", 1)[1]
+        return self.data / "docker/registry/v2/blobs/sha256" / hexd[:2] / hexd / "data"
+
+    def requests(self, method: str, path_part: str) -> int:
+        """How many completed requests with `method` had `path_part` in their URI."""
+        return sum(
+            1
+            for line in self.log.splitlines()
+            if "response completed" in line
+            and f"http.request.method={method} " in line
+            and path_part in line
+        )
 
     @property
     def log(self) -> str:
@@ -79,14 +95,24 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: f
 
 @contextlib.contextmanager
 def run_registry(
-    users: Mapping[str, str] | None = None, token: TokenServer | None = None
+    users: Mapping[str, str] | None = None,
+    token: TokenServer | None = None,
+    *,
+    proxy_remote: str | None = None,
+    port: int | None = None,
+    data_dir: Path | None = None,
 ) -> Iterator[RunningRegistry]:
     """Start a registry, with htpasswd Basic auth for `users` or Bearer auth against the
-    `token` service when given, and always stop it."""
+    `token` service when given, and always stop it.
+
+    `proxy_remote` (http://HOST:PORT) makes it a pull-through cache (a mirror) of that
+    registry. `port` and `data_dir` let a test stop a registry and start it again at the
+    same address with the same contents (`data_dir` is then left for the caller)."""
     root = Path(tempfile.mkdtemp(prefix="ifs-reg-", dir="/tmp"))
     proc: subprocess.Popen[bytes] | None = None
     try:
-        port = _free_port()
+        port = port or _free_port()
+        data = data_dir if data_dir is not None else root / "data"
         auth = ""
         if users:
             htpasswd = root / "htpasswd"
@@ -101,9 +127,11 @@ def run_registry(
         config.write_text(
             "version: 0.1\n"
             "log:\n  level: info\n"
-            f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {data}\n"
             "  delete:\n    enabled: true\n"
-            f"http:\n  addr: 127.0.0.1:{port}\n" + auth
+            f"http:\n  addr: 127.0.0.1:{port}\n"
+            + auth
+            + (f"proxy:\n  remoteurl: {proxy_remote}\n" if proxy_remote else "")
         )
         log = root / "registry.log"
         with log.open("wb") as out:
@@ -116,7 +144,7 @@ def run_registry(
             )
         url = f"http://127.0.0.1:{port}"
         _wait_ready(url, proc, log, timeout_s=15)
-        yield RunningRegistry(url, f"127.0.0.1:{port}", root, proc.pid)
+        yield RunningRegistry(url, f"127.0.0.1:{port}", root, proc.pid, data)
     finally:
         if proc is not None and proc.poll() is None:
             os.kill(proc.pid, signal.SIGTERM)

@@ -358,3 +358,28 @@ def test_iter_blob_chunks_reads_the_blob_table(packed: PackedBlobs) -> None:
     ]
     with pytest.raises(FormatError, match="too short"):
         list(iter_blob_chunks(MemoryBlobReader({blob: b"x"}), blob, 1))
+
+
+def test_independent_ranges_are_fetched_in_parallel_and_correctly() -> None:
+    import threading
+
+    packed = pack_blobs([[bytes([i]) * 5000 for i in range(8)], [b"x" * 9000, b"y" * 100]])
+    seen_threads: set[str] = set()
+
+    class Recording(MemoryBlobReader):
+        def read_range(self, blob: Digest, offset: int, length: int) -> bytes:
+            seen_threads.add(threading.current_thread().name)
+            return super().read_range(blob, offset, length)
+
+    reader = Recording(packed.blobs)
+    stats = ReadStats()
+    # every chunk its own range: no coalescing at all
+    source = FetchingChunkSource(
+        reader, stats, coalesce_max_bytes=1, coalesce_gap_bytes=0, fetch_threads=4
+    )
+    refs = list(packed.refs)
+    expected = [bytes([i]) * 5000 for i in range(8)] + [b"x" * 9000, b"y" * 100]
+    assert source.get_chunks(refs) == expected
+    assert stats.requests == len(refs) and stats.chunks_fetched == len(refs)
+    assert len(seen_threads) > 1 and all(n.startswith("imagefs-fetch") for n in seen_threads)
+    source.close()

@@ -211,3 +211,49 @@ def test_reads_are_counted_and_served_from_cache() -> None:
     assert len(image.reader.reads) == reads
     assert image.stats.bytes_read == 150
     assert image.stats.cache_hits >= 1
+
+
+def _readahead_image(readahead: int) -> Image:
+    image = make_image()
+    view = FileSystemView(
+        image.view.bootstrap, image.view.chunks, image.stats, readahead_bytes=readahead
+    )
+    return Image(view, image.reader, image.stats)
+
+
+def _wait_for(predicate: object, timeout_s: float = 5.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if callable(predicate) and predicate():
+            return
+        time.sleep(0.01)
+
+
+def test_sequential_reader_gets_the_rest_fetched_ahead() -> None:
+    image = _readahead_image(1 << 20)
+    tool = ino(image, b"bin/tool")
+    assert image.view.read(tool, 0, 10) == TOOL[:10]  # the first chunk only, synchronously
+    _wait_for(lambda: image.stats.chunks_fetched >= 4)
+    image.view.close()
+    assert image.stats.chunks_fetched == 4  # A, B, C and D: the whole file, A once
+    fetched = len(image.reader.reads)
+    assert image.view.read(tool, 10, len(TOOL)) == TOOL[10:]  # served from the cache
+    assert len(image.reader.reads) == fetched
+
+
+def test_random_reads_trigger_no_readahead() -> None:
+    image = _readahead_image(1 << 20)
+    tool = ino(image, b"bin/tool")
+    end = len(TOOL)
+    assert image.view.read(tool, end - 10, 5) == TOOL[end - 10 : end - 5]  # in D
+    image.view.close()
+    assert image.stats.chunks_fetched == 1
+
+
+def test_no_readahead_when_disabled() -> None:
+    image = _readahead_image(0)
+    tool = ino(image, b"bin/tool")
+    assert image.view.read(tool, 0, 10) == TOOL[:10]
+    assert image.stats.chunks_fetched == 1
