@@ -497,7 +497,8 @@ class RegistryClient:
                     f"{what}: {self.registry} wants authentication with a scheme imagefs "
                     "does not support (Basic and Bearer are)"
                 )
-            hdrs["Authorization"] = self._authorize(challenge, scope, what)
+            stale = hdrs.get("Authorization")  # a token the registry no longer accepts
+            hdrs["Authorization"] = self._authorize(challenge, scope, what, stale)
             resp = self._send(method, url, hdrs, data, stream=stream)
             if resp.status_code == 401:
                 resp.close()
@@ -524,7 +525,9 @@ class RegistryClient:
         with self._lock:
             return self._auth.get(scope) or self._basic
 
-    def _authorize(self, challenge: Challenge, scope: str, what: str) -> str:
+    def _authorize(
+        self, challenge: Challenge, scope: str, what: str, stale: str | None = None
+    ) -> str:
         if challenge.scheme == "basic":
             if self.credentials is None:
                 raise AuthError(
@@ -541,8 +544,9 @@ class RegistryClient:
         params = token_params(challenge, scope)
         key = (realm, params.get("service", ""), params["scope"])
         cached = self.tokens.get(key, time.time())
-        if cached is not None:
+        if cached is not None and cached.header() != stale:
             return cached.header()
+        self.tokens.discard(key)  # expired early or revoked: fetch a fresh one
         hdrs = {}
         if self.credentials is not None:
             hdrs["Authorization"] = self.credentials.basic_header()
