@@ -15,11 +15,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, ParamSpec, TypeVar
 
-# mfusepy picks libfuse 2 when both are installed; imagefs needs libfuse 3 (fuse_config:
-# kernel_cache, timeouts, use_ino). mfusepy reads this variable once, at import.
-os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
-
-import mfusepy
+import mfusepy  # libfuse 3: chosen in fuse_mount/__init__.py, which runs first
 
 from imagefs.errors import ImagefsError
 from imagefs.view import ROOT_INO, FileSystemView

@@ -8,12 +8,15 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import socket
 import socketserver
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,7 @@ import mfusepy
 
 from fuse_mount.fs import ImagefsOperations
 from imagefs.config import Config
-from imagefs.errors import MountError, UsageError
+from imagefs.errors import ImagefsError, MountError, UsageError
 from imagefs.image import OpenedImage
 from imagefs.pathlist import write_path_list
 from imagefs.prefetch import run_prefetch
@@ -251,33 +254,60 @@ def serve(
 
 
 def spawn_background(
-    argv: Sequence[str], mountpoint: Path, config: Config, env: Mapping[str, str] | None = None
+    serve_fn: Callable[[], None], mountpoint: Path, config: Config, *, debug: bool = False
 ) -> int:
-    """Run a foreground-mount command detached, wait until the mount is up; its PID.
-    `env` adds to the inherited environment (how secrets reach the child)."""
+    """Run `serve_fn` (a foreground mount) in a forked, detached child (its own session,
+    stdio on /dev/null and the mount's log file) and wait until the mount is up; its PID.
+
+    Forking, not re-executing, spares the child a second interpreter start and import, which
+    on a node with a cold page cache is most of the time a mount takes. The caller must not
+    have started threads."""
     logpath = log_file(config, mountpoint)
     logpath.parent.mkdir(parents=True, exist_ok=True)
-    with open(logpath, "ab") as logf:
-        proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=logf,
-            start_new_session=True,
-            close_fds=True,
-            env={**os.environ, **env} if env else None,
-        )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        code = 1
+        try:
+            os.setsid()
+            null = os.open(os.devnull, os.O_RDWR)
+            log = os.open(logpath, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            os.dup2(null, 0)
+            os.dup2(null, 1)
+            os.dup2(log, 2)
+            os.close(null)
+            os.close(log)
+            serve_fn()
+            code = 0
+        except ImagefsError as exc:
+            if debug:
+                traceback.print_exc()
+            print(f"imagefs: {exc}", file=sys.stderr, flush=True)
+            code = exc.exit_code
+        except BaseException as exc:  # the child must never unwind into the caller's code
+            traceback.print_exc()
+            print(f"imagefs: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            code = 1
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            os._exit(code)
     deadline = time.monotonic() + config.mount_timeout_s
     sock = control_socket(config, mountpoint)
     while time.monotonic() < deadline:
-        code = proc.poll()
-        if code is not None:
-            raise MountError(_last_line(logpath) or f"mount process exited with {code}")
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            code = os.waitstatus_to_exitcode(status)
+            error = MountError(_last_line(logpath) or f"mount process exited with {code}")
+            if code > 1:
+                error.exit_code = code  # the child's own error class decided it
+            raise error
         if is_mounted(mountpoint) and sock.exists():
-            return proc.pid
-        time.sleep(0.02)
+            return pid
+        time.sleep(0.01)
     with contextlib.suppress(ProcessLookupError):
-        proc.kill()
+        os.kill(pid, signal.SIGKILL)
     raise MountError(f"mount of {mountpoint} did not come up within {config.mount_timeout_s}s")
 
 

@@ -196,3 +196,19 @@ def test_umount_and_bad_mount_errors(
     )
     assert res.returncode != 0 and "convert it first" in res.stderr
     assert subprocess.run(["mountpoint", "-q", str(tmp_path / "mnt")]).returncode != 0
+
+
+def test_libfuse_3_is_loaded_even_when_libfuse_2_is_installed() -> None:
+    """mfusepy prefers libfuse 2 when the linker cache lists it (Debian installs both); the
+    package must pick libfuse 3 before mfusepy is first imported, whatever imports first."""
+    import sys
+
+    for first in ("fuse_mount.mount", "fuse_mount.fs"):
+        out = subprocess.run(
+            [sys.executable, "-c", f"import {first}, mfusepy; print(mfusepy._libfuse_path)"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={k: v for k, v in os.environ.items() if not k.startswith("FUSE_LIBRARY")},
+        ).stdout
+        assert "fuse3" in out, out
