@@ -366,8 +366,9 @@ def mount(
         record_access = record_access.absolute()
         if not record_access.parent.is_dir():
             raise UsageError(f"cannot record accesses to {record_access}: no such directory")
-    if foreground:
-        # closed on unmount, which writes the last batch of access stamps
+
+    def serve() -> None:
+        # the cache is closed on unmount, which writes the last batch of access stamps
         with LmdbChunkCache(cfg.cache_dir, cfg.cache_max_bytes) as node_cache:
             opened = _open(image, cfg, node_cache=node_cache, creds=creds, platform=platform)
             mount_mod.serve(
@@ -378,23 +379,11 @@ def mount(
                 describe=image,
                 record_access=record_access,
             )
+
+    if foreground:
+        serve()
         return
-    argv = [sys.executable, "-m", "cli.main"]
-    if obj.get("config_file"):
-        argv += ["--config", str(obj["config_file"])]
-    if obj.get("debug"):
-        argv.append("--debug")
-    argv += ["mount", "--foreground", "--cache-dir", str(cfg.cache_dir)]
-    if allow_other:
-        argv.append("--allow-other")
-    if record_access is not None:
-        argv += ["--record-access", str(record_access)]
-    if platform is not None:
-        argv += ["--platform", platform]
-    argv += [image, str(mountpoint)]
-    # credentials go through the environment, never the command line (ps shows that)
-    env = {"IMAGEFS_CREDS": creds} if creds else {}
-    pid = mount_mod.spawn_background(argv, mountpoint, cfg, env=env)
+    pid = mount_mod.spawn_background(serve, mountpoint, cfg, debug=bool(obj.get("debug")))
     click.echo(f"mounted {image} at {mountpoint} (pid {pid})", err=True)
 
 

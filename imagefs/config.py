@@ -43,6 +43,7 @@ class Config:
     coalesce_max_bytes: int = 4 * MIB
     coalesce_gap_bytes: int = 64 * KIB
     readahead_bytes: int = 1 * MIB  # extra bytes fetched ahead of a sequential reader
+    locality_bytes: int = 512 * KIB  # stored bytes after a file, fetched when it is opened
     fetch_threads: int = 4  # parallel Range requests of one read
     # registries
     registry_timeout_s: float = 30.0  # per HTTP request
@@ -69,7 +70,7 @@ class Config:
             raise ConfigError("compress_min_saving must be in [0, 1)")
         if self.cache_max_bytes < 0 or self.memory_cache_bytes < 0:
             raise ConfigError("cache sizes must not be negative")
-        if self.readahead_bytes < 0 or not 1 <= self.fetch_threads <= 64:
+        if self.readahead_bytes < 0 or self.locality_bytes < 0 or not 1 <= self.fetch_threads <= 64:
             raise ConfigError("readahead_bytes must be >= 0 and fetch_threads in 1..64")
         if self.registry_timeout_s <= 0 or self.registry_retries < 0:
             raise ConfigError("registry_timeout_s must be > 0 and registry_retries >= 0")

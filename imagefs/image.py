@@ -116,5 +116,11 @@ def open_image(
         coalesce_gap_bytes=config.coalesce_gap_bytes,
         fetch_threads=config.fetch_threads,
     )
-    view = FileSystemView(bootstrap, chunks, stats, readahead_bytes=config.readahead_bytes)
+    view = FileSystemView(
+        bootstrap,
+        chunks,
+        stats,
+        readahead_bytes=config.readahead_bytes,
+        locality_bytes=config.locality_bytes,
+    )
     return OpenedImage(store, desc, image, bootstrap, view, stats)

@@ -50,11 +50,14 @@ class FileSystemView:
         stats: ReadStats | None = None,
         *,
         readahead_bytes: int = 0,
+        locality_bytes: int = 0,
     ):
         self.bootstrap = bootstrap
         self.chunks = chunks
         self.stats = stats or ReadStats()
         self.readahead_bytes = readahead_bytes
+        self.locality_bytes = locality_bytes
+        self._scheduled = bytearray(bootstrap.chunk_count if locality_bytes else 0)
         self._last_end: dict[int, int] = {}  # ino -> where its last read ended
         self._ahead: dict[int, int] = {}  # ino -> how far readahead has been asked for
         self._ra_lock = threading.Lock()
@@ -152,6 +155,8 @@ class FileSystemView:
             return b""
         if self.readahead_bytes and end < node.size:
             self._readahead(ino, index, node.size, offset, end)
+        if self.locality_bytes and offset == 0:
+            self._neighbours(index)
         placed = list(self.bootstrap.file_chunks(index, offset, end))
         datas = self.chunks.get_chunks([ref for _, ref in placed])
         if len(placed) == 1:
@@ -188,6 +193,38 @@ class FileSystemView:
                 self._ra_pool = ThreadPoolExecutor(2, thread_name_prefix="imagefs-readahead")
             pool = self._ra_pool
         refs = [ref for _, ref in self.bootstrap.file_chunks(index, start, stop)]
+        pool.submit(self._fetch_quietly, refs)
+
+    def _neighbours(self, index: int) -> None:
+        """A file read from its start gets the chunks stored after it in its blob (up to
+        `locality_bytes`) fetched in the background: blobs hold files in path order, so
+        those are its neighbours in the directory tree, which a process starting up (a
+        package's modules, a library's data files) is likely to read next."""
+        first, count = self.bootstrap.file_extent(index)
+        if not count:
+            return
+        bootstrap = self.bootstrap
+        last = bootstrap.refs[first + count - 1]
+        blob = bootstrap.chunk(last).blob
+        refs: list[ChunkRef] = []
+        budget = self.locality_bytes
+        with self._ra_lock:
+            for at in range(first, first + count):
+                self._scheduled[bootstrap.refs[at]] = 1
+            at = last + 1
+            while at < len(self._scheduled) and budget > 0 and not self._scheduled[at]:
+                ref = bootstrap.chunk(at)
+                if ref.blob != blob:
+                    break
+                self._scheduled[at] = 1
+                refs.append(ref)
+                budget -= ref.stored_size
+                at += 1
+            if not refs:
+                return
+            if self._ra_pool is None:
+                self._ra_pool = ThreadPoolExecutor(2, thread_name_prefix="imagefs-readahead")
+            pool = self._ra_pool
         pool.submit(self._fetch_quietly, refs)
 
     def _fetch_quietly(self, refs: list[ChunkRef]) -> None:

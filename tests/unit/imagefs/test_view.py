@@ -257,3 +257,19 @@ def test_no_readahead_when_disabled() -> None:
     tool = ino(image, b"bin/tool")
     assert image.view.read(tool, 0, 10) == TOOL[:10]
     assert image.stats.chunks_fetched == 1
+
+
+def test_opening_a_file_fetches_its_blob_neighbours() -> None:
+    image = make_image()
+    view = FileSystemView(image.view.bootstrap, image.view.chunks, image.stats, locality_bytes=1)
+    tool, one = ino(image, b"bin/tool"), ino(image, b"one")
+    assert view.read(tool, 0, 10) == TOOL[:10]
+    # tool's last chunk is D; ONE follows it in the same blob and is fetched in the background
+    _wait_for(lambda: image.stats.chunks_fetched >= 2)
+    view.close()
+    assert image.stats.chunks_fetched == 2  # A (the read) and ONE (the neighbour), no more
+    fetched = len(image.reader.reads)
+    assert view.read(one, 0, 100) == ONE
+    assert len(image.reader.reads) == fetched  # already cached
+    assert view.read(tool, 0, 5) == TOOL[:5]  # a second open schedules nothing new
+    assert image.stats.chunks_fetched == 2
