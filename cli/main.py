@@ -383,7 +383,13 @@ def mount(
     if foreground:
         serve()
         return
-    pid = mount_mod.spawn_background(serve, mountpoint, cfg, debug=bool(obj.get("debug")))
+    pid = mount_mod.spawn_background(
+        serve,
+        mountpoint,
+        cfg,
+        title=f"imagefs mount {image} {mountpoint}",
+        debug=bool(obj.get("debug")),
+    )
     click.echo(f"mounted {image} at {mountpoint} (pid {pid})", err=True)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import mfusepy
+import setproctitle
 
 from fuse_mount.fs import ImagefsOperations
 from imagefs.config import Config
@@ -254,14 +255,20 @@ def serve(
 
 
 def spawn_background(
-    serve_fn: Callable[[], None], mountpoint: Path, config: Config, *, debug: bool = False
+    serve_fn: Callable[[], None],
+    mountpoint: Path,
+    config: Config,
+    *,
+    title: str = "imagefs mount",
+    debug: bool = False,
 ) -> int:
     """Run `serve_fn` (a foreground mount) in a forked, detached child (its own session,
     stdio on /dev/null and the mount's log file) and wait until the mount is up; its PID.
 
     Forking, not re-executing, spares the child a second interpreter start and import, which
     on a node with a cold page cache is most of the time a mount takes. The caller must not
-    have started threads."""
+    have started threads. The child's command line becomes `title`: the caller's may hold
+    credentials (`--creds`), and the mount process lives long and is visible in `ps`."""
     logpath = log_file(config, mountpoint)
     logpath.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
@@ -270,6 +277,7 @@ def spawn_background(
     if pid == 0:  # the child: never returns
         code = 1
         try:
+            setproctitle.setproctitle(title)  # overwrites argv (and environ) in place
             os.setsid()
             null = os.open(os.devnull, os.O_RDWR)
             log = os.open(logpath, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)

@@ -42,8 +42,8 @@ class Config:
     max_read_bytes: int = 1 * MIB
     coalesce_max_bytes: int = 4 * MIB
     coalesce_gap_bytes: int = 64 * KIB
-    readahead_bytes: int = 1 * MIB  # extra bytes fetched ahead of a sequential reader
-    locality_bytes: int = 512 * KIB  # stored bytes after a file, fetched when it is opened
+    readahead_bytes: int = 4 * MIB  # fetched in the background ahead of a sequential reader
+    locality_bytes: int = 0  # stored bytes after a file fetched when it is opened (0: off)
     fetch_threads: int = 4  # parallel Range requests of one read
     # registries
     registry_timeout_s: float = 30.0  # per HTTP request
