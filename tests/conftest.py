@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,9 @@ class Env:
     """A private imagefs environment: cache dir, run dir and CLI runner."""
 
     root: Path
+    # more environment for every command (e.g. IMAGEFS_REGISTRY_MIRRORS, DOCKER_CONFIG, PATH);
+    # a test may change it between commands
+    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def vars(self) -> dict[str, str]:
@@ -59,6 +62,7 @@ class Env:
         env["IMAGEFS_CACHE_DIR"] = str(self.root / "cache")
         env["IMAGEFS_RUN_DIR"] = str(self.root / "run")
         env.pop("IMAGEFS_CONFIG", None)
+        env.update(self.extra)
         return env
 
     def run(

@@ -177,9 +177,13 @@ def test_bad_bootstrap_fails_cleanly(
 
 
 def test_usage_errors(imagefs_env: Env, tmp_path: Path) -> None:
-    res = imagefs_env.run("convert", "nonsense:thing", f"oci:{tmp_path / 'x'}", check=False)
+    # not a transport, and not a valid registry reference either
+    res = imagefs_env.run("convert", "Nonsense:th ing", f"oci:{tmp_path / 'x'}", check=False)
     assert res.returncode == 2, res.stderr
-    _one_line(res.stderr)
+    assert "Nonsense" in _one_line(res.stderr)
+    res = imagefs_env.run("convert", "ftp://host/x", f"oci:{tmp_path / 'x'}", check=False)
+    assert res.returncode == 2, res.stderr
+    assert "scheme" in _one_line(res.stderr)
     res = imagefs_env.run(
         "convert", f"oci:{tmp_path / 'nothing-here'}", f"oci:{tmp_path / 'x'}", check=False
     )

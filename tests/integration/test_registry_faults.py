@@ -55,9 +55,7 @@ def _bounded(env: Env) -> None:
     env.extra["IMAGEFS_REGISTRY_RETRIES"] = "2"
 
 
-def test_registry_down_at_mount_time_is_one_clear_line(
-    imagefs_env: Env, tmp_path: Path
-) -> None:
+def test_registry_down_at_mount_time_is_one_clear_line(imagefs_env: Env, tmp_path: Path) -> None:
     _bounded(imagefs_env)
     mnt = tmp_path / "mnt"
     mnt.mkdir()
