@@ -501,10 +501,20 @@ class RegistryClient:
             hdrs["Authorization"] = self._authorize(challenge, scope, what, stale)
             resp = self._send(method, url, hdrs, data, stream=stream)
             if resp.status_code == 401:
+                again = pick_challenge(parse_challenges(resp.headers.get("WWW-Authenticate", "")))
                 resp.close()
                 with self._lock:
                     self._auth.pop(scope, None)
                     self._basic = None
+                if self.credentials is not None and again is not None and (
+                    again.params.get("error") == "insufficient_scope"
+                ):
+                    action = "push to" if method in ("POST", "PUT", "PATCH") else "read"
+                    raise AuthError(
+                        f"{what}: {self.registry} denied access (insufficient scope); the "
+                        f"account {self.credentials.username!r} may not {action} "
+                        f"{self._name(repository)}: ask for {','.join(actions)} rights"
+                    )
                 if self.credentials is None:
                     raise AuthError(
                         f"{what}: {self.registry} requires authentication (401); log in with "

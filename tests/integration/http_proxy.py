@@ -1,7 +1,13 @@
-"""A small forward HTTP proxy for tests (what `registry_proxy` points at): it relays each
-request to the origin named in the request line and counts them. With `strip_range` it drops
-the Range header, so the origin answers 200 with the whole blob, as some registries and
-object stores do. Always stopped by the context manager."""
+"""Small HTTP servers for tests, each stopped by its context manager.
+
+`run_proxy`: a forward proxy (what `registry_proxy` points at) that relays each request to
+the origin named in the request line and records it. With `strip_range` it drops the Range
+header, so the origin answers 200 with the whole blob, as some registries and object stores
+do; with `fail_first=N` it answers the first N blob requests itself with 503 and
+`Retry-After`, as an overloaded registry does.
+
+`run_file_server`: an "object store" serving a directory read-only (200, whole files, no
+Range), recording each request's path and headers."""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import threading
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te"}
 
@@ -24,8 +31,9 @@ class Proxy:
 
 
 @contextlib.contextmanager
-def run_proxy(*, strip_range: bool = False) -> Iterator[Proxy]:
+def run_proxy(*, strip_range: bool = False, fail_first: int = 0) -> Iterator[Proxy]:
     proxy = Proxy("")
+    failures = [fail_first]
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -40,6 +48,14 @@ def run_proxy(*, strip_range: bool = False) -> Iterator[Proxy]:
             length = int(self.headers.get("Content-Length") or 0)
             if length:
                 body = self.rfile.read(length)
+            if failures[0] > 0 and "/blobs/sha256:" in url.path:
+                failures[0] -= 1
+                proxy.requests[-1] += " -> 503"
+                self.send_response(503)
+                self.send_header("Retry-After", "1")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             headers = {
                 k: v
                 for k, v in self.headers.items()
@@ -73,6 +89,52 @@ def run_proxy(*, strip_range: bool = False) -> Iterator[Proxy]:
     thread.start()
     try:
         yield proxy
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@dataclass
+class FileServer:
+    url: str
+    requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)  # path, headers
+
+
+@contextlib.contextmanager
+def run_file_server(root: Path) -> Iterator[FileServer]:
+    files = FileServer("")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            return
+
+        def do_GET(self) -> None:
+            path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
+            files.requests.append((path, dict(self.headers.items())))
+            target = (root / path.lstrip("/")).resolve()
+            if not target.is_relative_to(root.resolve()) or not target.is_file():
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            data = target.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+        daemon_threads = True
+
+    server = Server(("127.0.0.1", 0), Handler)
+    files.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield files
     finally:
         server.shutdown()
         server.server_close()

@@ -103,13 +103,17 @@ def run_registry(
     proxy_remote: str | None = None,
     port: int | None = None,
     data_dir: Path | None = None,
+    redirect_base: str | None = None,
 ) -> Iterator[RunningRegistry]:
     """Start a registry, with htpasswd Basic auth for `users` or Bearer auth against the
     `token` service when given, and always stop it.
 
     `proxy_remote` (http://HOST:PORT) makes it a pull-through cache (a mirror) of that
     registry. `port` and `data_dir` let a test stop a registry and start it again at the
-    same address with the same contents (`data_dir` is then left for the caller)."""
+    same address with the same contents (`data_dir` is then left for the caller).
+    `redirect_base` turns on distribution's `redirect` storage middleware: blob GETs are
+    answered with a redirect to that base URL plus the blob's storage path, as registries
+    backed by object storage do."""
     root = Path(tempfile.mkdtemp(prefix="ifs-reg-", dir="/tmp"))
     proc: subprocess.Popen[bytes] | None = None
     try:
@@ -134,6 +138,12 @@ def run_registry(
             f"http:\n  addr: 127.0.0.1:{port}\n"
             + auth
             + (f"proxy:\n  remoteurl: {proxy_remote}\n" if proxy_remote else "")
+            + (
+                "middleware:\n  storage:\n    - name: redirect\n      options:\n"
+                f"        baseurl: {redirect_base}\n"
+                if redirect_base
+                else ""
+            )
         )
         log = root / "registry.log"
         with log.open("wb") as out:
@@ -177,11 +187,13 @@ def _b64url(data: bytes) -> str:
 
 
 @contextlib.contextmanager
-def run_token_server(users: Mapping[str, str]) -> Iterator[TokenServer]:
+def run_token_server(
+    users: Mapping[str, str], readers: frozenset[str] = frozenset()
+) -> Iterator[TokenServer]:
     """A minimal distribution token service (like docker_auth): RS256 JWTs signed with a
     fresh self-signed key (openssl CLI), the certificate sent in `x5c`. Known users get the
-    actions they ask for; anonymous callers get a token granting nothing; a wrong password
-    gets 401."""
+    actions they ask for (users in `readers` only `pull`); anonymous callers get a token
+    granting nothing; a wrong password gets 401."""
     root = Path(tempfile.mkdtemp(prefix="ifs-tok-", dir="/tmp"))
     server: http.server.ThreadingHTTPServer | None = None
     thread: threading.Thread | None = None
@@ -232,6 +244,8 @@ def run_token_server(users: Mapping[str, str]) -> Iterator[TokenServer]:
                     kind, _, rest = scope.partition(":")
                     name, _, actions = rest.rpartition(":")
                     granted = actions.split(",") if subject else []
+                    if subject in readers:
+                        granted = [a for a in granted if a == "pull"]
                     access.append({"type": kind, "name": name, "actions": granted})
                     issued.append(scope)
                 now = int(time.time())

@@ -111,3 +111,48 @@ def test_range_fallback_through_a_proxy_that_drops_range(
     ]
     assert len(served) == len(blob_gets)
     assert all("http.response.status=200" in line for line in served)
+
+
+def test_reads_retry_a_busy_registry_honouring_retry_after(
+    images: dict[str, str], imagefs_env: Env, mount_image: Mounter
+) -> None:
+    import time
+
+    with run_proxy(fail_first=2) as proxy:
+        imagefs_env.extra["IMAGEFS_REGISTRY_PROXY"] = proxy.url
+        started = time.monotonic()
+        m = mount_image(images["b"], "b")  # the bootstrap read is refused twice, then served
+        assert (m.path / "bin/new.bin").read_bytes() == NEW
+        waited = time.monotonic() - started
+    refused = [r for r in proxy.requests if r.endswith("-> 503")]
+    assert len(refused) == 2
+    assert waited >= 2.0  # Retry-After: 1, honoured twice
+    assert m.stats()["bytes_fetched"] >= len(NEW)
+
+
+def test_blob_reads_follow_redirects_to_object_storage_without_credentials(
+    imagefs_env: Env, mount_image: Mounter, tmp_path: Path
+) -> None:
+    from tests.integration.http_proxy import run_file_server
+
+    users = {"ci": "redirect-pw-91c2"}
+    data = tmp_path / "registry-data"
+    data.mkdir()
+    with (
+        run_file_server(data) as store,
+        run_registry(users, data_dir=data, redirect_base=store.url) as reg,
+    ):
+        ref = f"{reg.host}/apps/redirected:v1"
+        imagefs_env.extra["IMAGEFS_CREDS"] = f"ci:{users['ci']}"
+        imagefs_env.run(
+            "convert",
+            _layout(tmp_path / "src", {"bin/new.bin": NEW}, "r"),
+            ref,
+            "--dest-creds",
+            f"ci:{users['ci']}",
+        )
+        m = mount_image(ref)
+        assert (m.path / "bin/new.bin").read_bytes() == NEW
+    blob_paths = [p for p, _ in store.requests if p.endswith("/data")]
+    assert blob_paths, store.requests  # the reads went to the object store
+    assert all("Authorization" not in h for _, h in store.requests)

@@ -193,3 +193,23 @@ def test_bearer_wrong_password(token_registry: RunningRegistry) -> None:
     ):
         c.blob_exists("imagefs/tok", Digest.of(b"x"))
     assert "not-it-123" not in str(exc.value) and "token service" in str(exc.value)
+
+
+def test_an_account_without_push_rights_gets_a_clear_denial() -> None:
+    users = {"alice": USERS["alice"], "bob": "reader-pw-7f3a"}
+    with (
+        run_token_server(users, readers=frozenset({"bob"})) as tokens,
+        run_registry(token=tokens) as reg,
+    ):
+        with RegistryClient(reg.host, credentials=Credentials("alice", users["alice"])) as c:
+            layer = os.urandom(5000)
+            _push_image(c, "team/app", "v1", layer)
+        bob = Credentials("bob", users["bob"])
+        with RegistryClient(reg.host, credentials=bob, retries=0) as c:
+            assert c.read_blob("team/app", Digest.of(layer)) == layer  # pull is granted
+            with pytest.raises(AuthError) as exc:
+                c.push_blob("team/app", b"bob may not push this")
+        message = str(exc.value)
+        assert "insufficient scope" in message and "push to" in message
+        assert f"{reg.host}/team/app" in message and "'bob'" in message
+        assert users["bob"] not in message
