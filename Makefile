@@ -8,7 +8,7 @@ VENV := .venv
 BIN  := $(VENV)/bin
 PY   := $(BIN)/python
 
-.PHONY: bootstrap demo test check format bench clean distclean
+.PHONY: bootstrap demo test check format bench bench-lazy clean distclean
 
 bootstrap:
 	./scripts/bootstrap
@@ -33,6 +33,9 @@ format:
 
 bench: bootstrap
 	$(PY) bench/convert.py
+
+bench-lazy: bootstrap
+	$(PY) bench/lazy.py --repeat 3
 
 clean:
 	rm -rf build dist .mypy_cache .ruff_cache .pytest_cache .hypothesis .import_linter_cache bench/out demo-out
