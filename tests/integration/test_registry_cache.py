@@ -156,3 +156,41 @@ def test_blob_reads_follow_redirects_to_object_storage_without_credentials(
     blob_paths = [p for p, _ in store.requests if p.endswith("/data")]
     assert blob_paths, store.requests  # the reads went to the object store
     assert all("Authorization" not in h for _, h in store.requests)
+
+
+def test_platform_selection_from_a_registry_index(
+    images: dict[str, str], registry: RunningRegistry, imagefs_env: Env, mount_image: Mounter
+) -> None:
+    from imagefs.oci import MEDIA_TYPE_OCI_INDEX, Descriptor, Index
+    from registry.client import RegistryClient
+    from registry.reference import Reference
+
+    digests = {}
+    for name, arch in (("a", "amd64"), ("b", "arm64")):
+        out = imagefs_env.json("copy", images[name], f"{registry.host}/apps/multi:{arch}")
+        digests[arch] = out["manifest_digest"]
+    with RegistryClient(registry.host) as client:
+        entries = []
+        for arch, digest in digests.items():
+            ref = Reference.parse(f"{registry.host}/apps/multi@{digest}")
+            desc, _ = client.get_manifest(ref)
+            entries.append(
+                Descriptor(
+                    desc.media_type,
+                    desc.digest,
+                    desc.size,
+                    platform={"os": "linux", "architecture": arch},
+                )
+            )
+        index = Index(tuple(entries)).encode()
+        client.push_manifest(
+            Reference.parse(f"{registry.host}/apps/multi:both"), MEDIA_TYPE_OCI_INDEX, index
+        )
+    ref = f"{registry.host}/apps/multi:both"
+    for arch, digest in digests.items():
+        info = imagefs_env.json("inspect", ref, "--platform", f"linux/{arch}")
+        assert info["manifest_digest"] == digest
+    res = imagefs_env.run("inspect", ref, "--platform", "linux/riscv64", check=False)
+    assert res.returncode == 5 and "riscv64" in res.stderr
+    m = mount_image(ref, "multi", "--platform", "linux/arm64")
+    assert (m.path / "bin/new.bin").read_bytes() == NEW  # only image b has this file
