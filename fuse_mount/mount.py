@@ -28,7 +28,7 @@ from imagefs.config import Config
 from imagefs.errors import ImagefsError, MountError, UsageError
 from imagefs.image import OpenedImage
 from imagefs.pathlist import write_path_list
-from imagefs.prefetch import run_prefetch
+from imagefs.prefetch import entrypoint_files, run_prefetch
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,8 @@ def serve(
     """Mount `opened` at `mountpoint` and serve until unmounted (blocks).
 
     With `record_access`, the paths of opened files are written there (see AccessRecorder).
-    When the bootstrap has a prefetch list, a background thread fetches those files' chunks."""
+    When the bootstrap has a prefetch list, a background thread fetches those files' chunks;
+    without one (and with `prefetch_entrypoint`), the files the image's entrypoint needs."""
     if not mountpoint.is_dir():
         raise MountError(f"mountpoint {mountpoint} is not a directory")
     if is_mounted(mountpoint):
@@ -227,6 +228,13 @@ def serve(
             name="imagefs-prefetch",
             daemon=True,
         ).start()
+    elif config.prefetch_entrypoint:
+        threading.Thread(
+            target=_prefetch_entrypoint,
+            args=(opened, stop_prefetch),
+            name="imagefs-prefetch",
+            daemon=True,
+        ).start()
     if recorder is not None:
         recorder.start()
     options: dict[str, Any] = {
@@ -252,6 +260,18 @@ def serve(
         server.server_close()
         with contextlib.suppress(FileNotFoundError):
             sock_path.unlink()
+
+
+def _prefetch_entrypoint(opened: OpenedImage, stop: threading.Event) -> None:
+    """Without a prefetch list: fetch what the image's entrypoint needs to start."""
+    try:
+        config = opened.store.read_blob(opened.image.manifest.config.digest)
+        indices = entrypoint_files(opened.view, config)
+    except ImagefsError as exc:
+        log.info("entrypoint prefetch skipped: %s", exc)
+        return
+    if indices and not stop.is_set():
+        run_prefetch(opened.view, stop, indices=indices)
 
 
 def spawn_background(

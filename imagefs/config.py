@@ -43,6 +43,7 @@ class Config:
     coalesce_max_bytes: int = 4 * MIB
     coalesce_gap_bytes: int = 64 * KIB
     readahead_bytes: int = 4 * MIB  # fetched in the background ahead of a sequential reader
+    prefetch_entrypoint: bool = True  # no prefetch list: fetch what the entrypoint loads
     locality_bytes: int = 0  # stored bytes after a file fetched when it is opened (0: off)
     fetch_threads: int = 4  # parallel Range requests of one read
     # registries

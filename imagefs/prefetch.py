@@ -1,15 +1,25 @@
-"""Background prefetch of an image's prefetch list: the listed files' chunks, fetched in
-large batches through the normal chunk source (so the cache fills and neighbouring chunks of
-one blob coalesce into few range reads), in list order, until done or stopped."""
+"""Background prefetch: the files of the image's prefetch list or, without one, the files
+its entrypoint needs to start (the Entrypoint/Cmd program, a script's interpreter, the ELF
+interpreter and shared libraries, transitively). Their chunks are fetched in large batches
+through the normal chunk source (so the cache fills and neighbouring chunks of one blob
+coalesce into few range reads), in order, until done or stopped."""
 
 from __future__ import annotations
 
+import errno
+import functools
+import json
 import logging
+import posixpath
+import stat
 import threading
+from collections.abc import Sequence
 
 from imagefs.digest import ChunkDigest
+from imagefs.elf import elf_deps
+from imagefs.errors import FsError, ImagefsError
 from imagefs.format import ChunkRef
-from imagefs.view import FileSystemView
+from imagefs.view import ROOT_INO, FileSystemView
 
 log = logging.getLogger(__name__)
 
@@ -17,9 +27,14 @@ BATCH_BYTES = 16 << 20  # uncompressed chunk bytes requested per get_chunks call
 
 
 def run_prefetch(
-    view: FileSystemView, stop: threading.Event, *, batch_bytes: int = BATCH_BYTES
+    view: FileSystemView,
+    stop: threading.Event,
+    *,
+    batch_bytes: int = BATCH_BYTES,
+    indices: Sequence[int] | None = None,
 ) -> int:
-    """Fetch the chunks of the bootstrap's prefetch list; returns the chunk count prefetched.
+    """Fetch the chunks of `indices` (default: the bootstrap's prefetch list); returns the
+    chunk count prefetched.
 
     Never raises: a failed batch is logged and skipped (reads fetch on their own)."""
     boot = view.bootstrap
@@ -40,7 +55,7 @@ def run_prefetch(
                 done += len(batch)
         batch, size = [], 0
 
-    for index in boot.prefetch:
+    for index in boot.prefetch if indices is None else indices:
         if stop.is_set():
             break
         try:
@@ -60,3 +75,134 @@ def run_prefetch(
                 flush()
     flush()
     return done
+
+
+# ---------------------------------------------------------------------------------------------
+# What the entrypoint needs
+
+LIBRARY_DIRS = (
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib/aarch64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/lib64",
+    "/usr/lib64",
+    "/lib",
+    "/usr/lib",
+    "/usr/local/lib",
+)
+MAX_SYMLINKS = 40
+MAX_FILES = 64
+
+
+def resolve(view: FileSystemView, path: str) -> int | None:
+    """Inode of `path` in the image, following symlinks (absolute ones from the image's
+    root, never outside it); None when it does not resolve."""
+    parts = [p for p in path.split("/") if p]
+    ino = ROOT_INO
+    stack: list[int] = []  # inodes of the directories above `ino`
+    hops = 0
+    while parts:
+        name = parts.pop(0)
+        if name == ".":
+            continue
+        if name == "..":
+            ino = stack.pop() if stack else ROOT_INO
+            continue
+        try:
+            child = view.lookup(ino, name.encode())
+            attr = view.getattr(child)
+        except FsError:
+            return None
+        if stat.S_ISLNK(attr.mode):
+            hops += 1
+            if hops > MAX_SYMLINKS:
+                return None
+            target = view.readlink(child).decode(errors="surrogateescape")
+            parts = [p for p in target.split("/") if p] + parts
+            if target.startswith("/"):
+                ino, stack = ROOT_INO, []
+            continue
+        stack.append(ino)
+        ino = child
+    return ino
+
+
+def _command(config: bytes) -> tuple[str | None, str]:
+    """The program the image runs (Entrypoint, else Cmd) and its PATH."""
+    try:
+        doc = json.loads(config)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None, ""
+    runtime = doc.get("config") if isinstance(doc, dict) else None
+    if not isinstance(runtime, dict):
+        return None, ""
+    path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    for item in runtime.get("Env") or []:
+        if isinstance(item, str) and item.startswith("PATH="):
+            path = item[5:]
+    for key in ("Entrypoint", "Cmd"):
+        argv = runtime.get(key)
+        if isinstance(argv, list) and argv and isinstance(argv[0], str) and argv[0]:
+            return argv[0], path
+    return None, path
+
+
+def _find_program(view: FileSystemView, program: str, path: str) -> int | None:
+    if "/" in program:
+        return resolve(view, program if program.startswith("/") else "/" + program)
+    for directory in path.split(":"):
+        if directory.startswith("/"):
+            ino = resolve(view, posixpath.join(directory, program))
+            if ino is not None:
+                return ino
+    return None
+
+
+def entrypoint_files(view: FileSystemView, config: bytes) -> list[int]:
+    """Inode indices of the files the image's entrypoint needs to start, in the order it
+    loads them: the program (a `#!` script's interpreter after it), the ELF interpreter,
+    then the shared libraries, breadth first. Reads headers through the view (which fetches
+    the chunks it touches). Best effort: whatever cannot be resolved is left out."""
+    program, path = _command(config)
+    if program is None:
+        return []
+    first = _find_program(view, program, path)
+    queue = [first] if first is not None else []
+    out: list[int] = []
+    while queue and len(out) < MAX_FILES:
+        ino = queue.pop(0)
+        if ino - 1 in out:
+            continue
+        try:
+            attr = view.getattr(ino)
+            if not stat.S_ISREG(attr.mode):
+                continue
+            out.append(ino - 1)
+            head = view.read(ino, 0, 256)
+        except ImagefsError as exc:
+            if not (isinstance(exc, FsError) and exc.errno == errno.ENOENT):
+                log.info("entrypoint prefetch: %s", exc)
+            continue
+        if head.startswith(b"#!"):
+            interp = head[2:].split(b"\n", 1)[0].strip().split(b" ", 1)[0]
+            found = resolve(view, interp.decode(errors="surrogateescape"))
+            if found is not None:
+                queue.append(found)
+            continue
+        try:
+            deps = elf_deps(functools.partial(view.read, ino), attr.size)
+        except ImagefsError as exc:
+            log.info("entrypoint prefetch: %s", exc)
+            continue
+        if deps.interpreter:
+            found = resolve(view, deps.interpreter)
+            if found is not None:
+                queue.append(found)
+        for name in deps.needed:
+            for directory in LIBRARY_DIRS:
+                found = resolve(view, f"{directory}/{name}")
+                if found is not None:
+                    queue.append(found)
+                    break
+    return out

@@ -110,3 +110,51 @@ def test_bad_prefetch_path_exits_2(imagefs_env: Env, tmp_path: Path) -> None:
         check=False,
     )
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+# the host's ls and what it loads (Debian 12 x86-64), copied into an image
+ENTRYPOINT_FILES = {
+    "usr/bin/ls": "/usr/bin/ls",
+    "lib/x86_64-linux-gnu/ld-linux-x86-64.so.2": "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+    "lib/x86_64-linux-gnu/libc.so.6": "/lib/x86_64-linux-gnu/libc.so.6",
+    "lib/x86_64-linux-gnu/libselinux.so.1": "/lib/x86_64-linux-gnu/libselinux.so.1",
+    "lib/x86_64-linux-gnu/libpcre2-8.so.0": "/lib/x86_64-linux-gnu/libpcre2-8.so.0",
+}
+
+
+def test_without_a_list_the_entrypoint_and_its_libraries_are_prefetched(
+    imagefs_env: Env, mount_image: Mounter, tmp_path: Path
+) -> None:
+    layer = LayerBuilder().dirs("usr/bin", "lib/x86_64-linux-gnu", "lib64", "data")
+    for path, host in ENTRYPOINT_FILES.items():
+        layer.file(path, Path(host).read_bytes(), mode=0o755)
+    # /lib64/ld-linux-x86-64.so.2 (the PT_INTERP path) is an absolute symlink, as on Debian
+    layer.symlink("lib64/ld-linux-x86-64.so.2", "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")
+    unrelated = os.urandom(3 * MIB)
+    layer.file("data/unrelated.bin", unrelated)
+    write_oci_layout(
+        tmp_path / "src",
+        [layer.blob()],
+        tag="ls",
+        config_extra={"config": {"Cmd": ["ls", "/"], "Env": ["PATH=/usr/bin:/bin"]}},
+    )
+    target = f"oci:{tmp_path / 'out'}:ls"
+    imagefs_env.run("convert", f"oci:{tmp_path / 'src'}:ls", target)
+
+    m = mount_image(target)
+    wanted = sum(Path(h).stat().st_size for h in ENTRYPOINT_FILES.values())
+    deadline = time.monotonic() + 30
+    stats = m.stats()
+    while stats["prefetch_bytes"] < wanted and time.monotonic() < deadline:
+        time.sleep(0.05)
+        stats = m.stats()
+    assert stats["prefetch_bytes"] == wanted  # exactly the program and what it loads
+    assert stats["bytes_fetched"] < wanted  # (compressed) and nothing of unrelated.bin
+    before = stats["requests"]
+    import subprocess
+
+    out = subprocess.run(
+        ["chroot", str(m.path), "/usr/bin/ls", "/"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert {"usr", "lib", "lib64", "data"} <= set(out)
+    assert m.stats()["requests"] == before  # ls started from the cache alone
