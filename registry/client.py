@@ -506,8 +506,10 @@ class RegistryClient:
                 with self._lock:
                     self._auth.pop(scope, None)
                     self._basic = None
-                if self.credentials is not None and again is not None and (
-                    again.params.get("error") == "insufficient_scope"
+                if (
+                    self.credentials is not None
+                    and again is not None
+                    and (again.params.get("error") == "insufficient_scope")
                 ):
                     action = "push to" if method in ("POST", "PUT", "PATCH") else "read"
                     raise AuthError(
