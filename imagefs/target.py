@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import shutil
 import tempfile
@@ -110,19 +111,7 @@ class LayoutTarget:
 
     def put_bytes(self, data: bytes) -> Digest:
         digest = Digest.of(data)
-        if not self.has_blob(digest):
-            out, tmp = self.temp_file()
-            try:
-                with out:
-                    out.write(data)
-                    out.flush()
-                    os.fsync(out.fileno())
-                self.install(tmp, digest)
-            except OSError as exc:
-                raise TargetError(f"cannot write blob {digest}: {exc.strerror}") from None
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
+        self.put_blob_from(digest, len(data), io.BytesIO(data))
         return digest
 
     def put_manifest(self, desc: Descriptor, data: bytes) -> None:

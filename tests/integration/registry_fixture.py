@@ -40,6 +40,10 @@ class RunningRegistry:
         hexd = digest.split(":", 1)[1]
         return self.data / "docker/registry/v2/blobs/sha256" / hexd[:2] / hexd / "data"
 
+    def completed(self, since: int = 0) -> list[str]:
+        """The log's "response completed" lines, from log line `since` on."""
+        return [ln for ln in self.log.splitlines()[since:] if "response completed" in ln]
+
     def requests(self, method: str, path_part: str) -> int:
         """How many completed requests with `method` had `path_part` in their URI."""
         return sum(
@@ -53,6 +57,17 @@ class RunningRegistry:
     @property
     def log(self) -> str:
         return (self.root / "registry.log").read_text(errors="replace")
+
+
+def matching(lines: list[str], method: str, uri_part: str, status: int | None = None) -> list[str]:
+    """The completed-request log lines with `method`, `uri_part` in the URI and `status`."""
+    return [
+        ln
+        for ln in lines
+        if f"http.request.method={method} " in ln
+        and uri_part in ln
+        and (status is None or f"http.response.status={status} " in ln)
+    ]
 
 
 def _free_port() -> int:

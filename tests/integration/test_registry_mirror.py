@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Env, Mounter
-from tests.integration.registry_fixture import RunningRegistry, run_registry
+from tests.integration.registry_fixture import RunningRegistry, matching, run_registry
 from tests.support import samples
 from tests.support.trees import compare_trees, snapshot_tree
 
@@ -55,21 +55,6 @@ def pushed(origin: RunningRegistry, imagefs_env: Env, sample_source: str, tmp_pa
     return Pushed(origin, ref, digest, expected)
 
 
-def _completed(reg: RunningRegistry, since: int = 0) -> list[str]:
-    """The registry's "response completed" log lines, from line `since` on."""
-    return [ln for ln in reg.log.splitlines()[since:] if "response completed" in ln]
-
-
-def _matching(lines: list[str], method: str, uri_part: str, status: int | None = None) -> list[str]:
-    return [
-        ln
-        for ln in lines
-        if f"http.request.method={method} " in ln
-        and uri_part in ln
-        and (status is None or f"http.response.status={status} " in ln)
-    ]
-
-
 def _closed_port() -> int:
     """A loopback port nothing listens on (bound, then released)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -90,15 +75,15 @@ def test_mount_reads_through_the_mirror(
         assert compare_trees(pushed.expected, m.path) == []
         assert m.stats()["manifest_digest"] == pushed.digest
 
-        from_imagefs = [ln for ln in _completed(mirror) if IMAGEFS_AGENT in ln]
-        assert _matching(from_imagefs, "GET", f"/v2/{REPO}/manifests/v1", 200)
-        assert _matching(from_imagefs, "GET", f"/v2/{REPO}/blobs/sha256:", 206), (
+        from_imagefs = [ln for ln in mirror.completed() if IMAGEFS_AGENT in ln]
+        assert matching(from_imagefs, "GET", f"/v2/{REPO}/manifests/v1", 200)
+        assert matching(from_imagefs, "GET", f"/v2/{REPO}/blobs/sha256:", 206), (
             "no Range reads of data blobs reached the mirror"
         )
 
-        at_origin = _completed(origin, since)
+        at_origin = origin.completed(since)
         assert not [ln for ln in at_origin if IMAGEFS_AGENT in ln], "imagefs asked the origin"
-        proxied = _matching(at_origin, "GET", f"/v2/{REPO}/blobs/sha256:", 200)
+        proxied = matching(at_origin, "GET", f"/v2/{REPO}/blobs/sha256:", 200)
         assert proxied, "the mirror did not fetch the blobs from the origin"
         assert all("http.request.useragent=Go-http-client/" in ln for ln in proxied)
 
@@ -110,9 +95,9 @@ def test_wildcard_mirror_serves_inspect(pushed: Pushed, imagefs_env: Env) -> Non
         imagefs_env.extra["IMAGEFS_REGISTRY_MIRRORS"] = f"*={mirror.url}"
         info = imagefs_env.json("inspect", pushed.ref)
         assert info["manifest_digest"] == pushed.digest
-        from_imagefs = [ln for ln in _completed(mirror) if IMAGEFS_AGENT in ln]
-        assert _matching(from_imagefs, "GET", f"/v2/{REPO}/manifests/v1", 200)
-        assert not [ln for ln in _completed(origin, since) if IMAGEFS_AGENT in ln]
+        from_imagefs = [ln for ln in mirror.completed() if IMAGEFS_AGENT in ln]
+        assert matching(from_imagefs, "GET", f"/v2/{REPO}/manifests/v1", 200)
+        assert not [ln for ln in origin.completed(since) if IMAGEFS_AGENT in ln]
 
 
 def test_mirror_down_falls_back_to_the_origin(
@@ -127,9 +112,9 @@ def test_mirror_down_falls_back_to_the_origin(
     assert compare_trees(pushed.expected, m.path) == []
     assert m.stats()["manifest_digest"] == pushed.digest
 
-    from_imagefs = [ln for ln in _completed(origin, since) if IMAGEFS_AGENT in ln]
-    assert _matching(from_imagefs, "GET", f"/v2/{REPO}/manifests/v1", 200)
-    assert _matching(from_imagefs, "GET", f"/v2/{REPO}/blobs/sha256:", 206)
+    from_imagefs = [ln for ln in origin.completed(since) if IMAGEFS_AGENT in ln]
+    assert matching(from_imagefs, "GET", f"/v2/{REPO}/manifests/v1", 200)
+    assert matching(from_imagefs, "GET", f"/v2/{REPO}/blobs/sha256:", 206)
 
     # and a command that is not a mount (inspect) falls back too
     assert imagefs_env.json("inspect", pushed.ref)["manifest_digest"] == pushed.digest
@@ -145,6 +130,6 @@ def test_mirror_missing_the_image_falls_back_to_the_origin(
         out = tmp_path / "via-origin"
         imagefs_env.run("unpack", pushed.ref, str(out))
         assert compare_trees(pushed.expected, out) == []
-        assert _matching(_completed(unrelated), "GET", f"/v2/{REPO}/manifests/v1", 404)
-        from_imagefs = [ln for ln in _completed(pushed.origin, since) if IMAGEFS_AGENT in ln]
-        assert _matching(from_imagefs, "GET", f"/v2/{REPO}/manifests/v1", 200)
+        assert matching(unrelated.completed(), "GET", f"/v2/{REPO}/manifests/v1", 404)
+        from_imagefs = [ln for ln in pushed.origin.completed(since) if IMAGEFS_AGENT in ln]
+        assert matching(from_imagefs, "GET", f"/v2/{REPO}/manifests/v1", 200)

@@ -21,7 +21,7 @@ import pytest
 from imagefs.digest import Digest
 from registry.client import RegistryClient
 from tests.conftest import Env
-from tests.integration.registry_fixture import RunningRegistry, run_registry
+from tests.integration.registry_fixture import RunningRegistry, matching, run_registry
 from tests.support.layers import LayerBuilder
 from tests.support.oci import LayerBlob, write_oci_layout
 
@@ -98,24 +98,10 @@ def _manifest_status(reg: RunningRegistry, repo: str, tag: str, auth: str = "") 
         return exc.code
 
 
-def _completed(reg: RunningRegistry, since: int = 0) -> list[str]:
-    return [ln for ln in reg.log.splitlines()[since:] if "response completed" in ln]
-
-
-def _matching(lines: list[str], method: str, uri_part: str, status: int | None = None) -> list[str]:
-    return [
-        ln
-        for ln in lines
-        if f"http.request.method={method} " in ln
-        and uri_part in ln
-        and (status is None or f"http.response.status={status} " in ln)
-    ]
-
-
 def _uploaded(lines: list[str], repo: str, digest: str) -> list[str]:
     """The completing PUTs of uploads of `digest` into `repo`."""
     quoted = digest.replace(":", "%3A")
-    return [ln for ln in _matching(lines, "PUT", f"/v2/{repo}/blobs/uploads/", 201) if quoted in ln]
+    return [ln for ln in matching(lines, "PUT", f"/v2/{repo}/blobs/uploads/", 201) if quoted in ln]
 
 
 def _lines(reg: RunningRegistry) -> int:
@@ -134,8 +120,8 @@ def test_second_push_uploads_only_new_blobs(
 
     env.json("convert", image_a, f"{registry.host}/{repo}:v1")
     blobs_a = _blob_digests(_manifest(registry, repo, "v1"))
-    first = _completed(registry)
-    assert len(_matching(first, "PUT", f"/v2/{repo}/blobs/uploads/", 201)) == len(blobs_a)
+    first = registry.completed()
+    assert len(matching(first, "PUT", f"/v2/{repo}/blobs/uploads/", 201)) == len(blobs_a)
     for digest in blobs_a:
         assert len(_uploaded(first, repo, digest)) == 1, digest
 
@@ -143,7 +129,7 @@ def test_second_push_uploads_only_new_blobs(
     env.json("convert", image_b, f"{registry.host}/{repo}:v2")
     manifest_b = _manifest(registry, repo, "v2")
     blobs_b = _blob_digests(manifest_b)
-    second = _completed(registry, since)
+    second = registry.completed(since)
 
     layers_b = manifest_b["layers"]
     assert isinstance(layers_b, list)
@@ -153,14 +139,14 @@ def test_second_push_uploads_only_new_blobs(
     assert new and len(new) < len(blobs_b)
 
     # only the new blobs were uploaded: one POST + one PUT each, no other upload
-    assert len(_matching(second, "POST", f"/v2/{repo}/blobs/uploads/")) == len(new)
-    assert len(_matching(second, "PUT", f"/v2/{repo}/blobs/uploads/")) == len(new)
+    assert len(matching(second, "POST", f"/v2/{repo}/blobs/uploads/")) == len(new)
+    assert len(matching(second, "PUT", f"/v2/{repo}/blobs/uploads/")) == len(new)
     for digest in new:
         assert len(_uploaded(second, repo, digest)) == 1, digest
     # the shared blob was asked for (HEAD, present) and skipped
-    assert _matching(second, "HEAD", f"/v2/{repo}/blobs/{shared_data_blob}", 200)
+    assert matching(second, "HEAD", f"/v2/{repo}/blobs/{shared_data_blob}", 200)
     assert _uploaded(second, repo, shared_data_blob) == []
-    assert len(_matching(second, "PUT", f"/v2/{repo}/manifests/v2", 201)) == 1
+    assert len(matching(second, "PUT", f"/v2/{repo}/manifests/v2", 201)) == 1
 
     assert env.json("check", f"{registry.host}/{repo}:v2")["ok"] is True
 
@@ -183,17 +169,17 @@ def test_copy_within_one_registry_mounts_every_blob(
     assert result["manifest_digest"] == digest
     assert result["target"] == dst
     assert (result["blobs_copied"], result["blobs_skipped"]) == (len(blobs), 0)
-    log = _completed(registry, since)
+    log = registry.completed(since)
 
-    mounts = _matching(log, "POST", "/v2/push/copy-dst/blobs/uploads/?", 201)
+    mounts = matching(log, "POST", "/v2/push/copy-dst/blobs/uploads/?", 201)
     assert len(mounts) == len(blobs)
     assert all("from=push%2Fcopy-src" in ln for ln in mounts)
     for blob in blobs:
         assert [ln for ln in mounts if f"mount={blob.replace(':', '%3A')}" in ln], blob
-    assert _matching(log, "PUT", "/v2/push/copy-dst/blobs/uploads/") == []
-    assert _matching(log, "PATCH", "/blobs/uploads/") == []
-    assert _matching(log, "GET", "/v2/push/copy-src/blobs/") == [], "copy downloaded blobs"
-    assert len(_matching(log, "PUT", "/v2/push/copy-dst/manifests/v1", 201)) == 1
+    assert matching(log, "PUT", "/v2/push/copy-dst/blobs/uploads/") == []
+    assert matching(log, "PATCH", "/blobs/uploads/") == []
+    assert matching(log, "GET", "/v2/push/copy-src/blobs/") == [], "copy downloaded blobs"
+    assert len(matching(log, "PUT", "/v2/push/copy-dst/manifests/v1", 201)) == 1
 
     checked = env.json("check", dst)
     assert checked["ok"] is True and checked["manifest_digest"] == digest
@@ -231,9 +217,9 @@ def test_copy_oci_layout_to_another_registry(env: Env, tmp_path: Path) -> None:
         blobs = _blob_digests(_manifest(other, "push/from-layout", "v1"))
         assert (result["blobs_copied"], result["blobs_skipped"]) == (len(blobs), 0)
         assert result["bytes_copied"] == sum(other.blob_file(b).stat().st_size for b in blobs)
-        log = _completed(other)
-        assert len(_matching(log, "PUT", "/v2/push/from-layout/blobs/uploads/", 201)) == len(blobs)
-        assert _matching(log, "POST", "mount=") == []
+        log = other.completed()
+        assert len(matching(log, "PUT", "/v2/push/from-layout/blobs/uploads/", 201)) == len(blobs)
+        assert matching(log, "POST", "mount=") == []
 
         checked = env.json("check", target)
         assert checked["ok"] is True and checked["manifest_digest"] == digest
@@ -241,7 +227,7 @@ def test_copy_oci_layout_to_another_registry(env: Env, tmp_path: Path) -> None:
         since = _lines(other)
         again = env.json("copy", layout, target)
         assert (again["blobs_copied"], again["blobs_skipped"]) == (0, len(blobs))
-        assert _matching(_completed(other, since), "PUT", "/blobs/uploads/") == []
+        assert matching(other.completed(since), "PUT", "/blobs/uploads/") == []
 
 
 # ------------------------------------------------------------------ failed pushes
@@ -254,7 +240,7 @@ def test_push_without_credentials_leaves_no_manifest(env: Env, tmp_path: Path) -
         res = env.run("convert", source, f"{reg.host}/push/denied:v1", check=False)
         assert res.returncode == 10, res.stderr
         assert _manifest_status(reg, "push/denied", "v1", auth="bob:Bob-Pw-0a1b") == 404
-        assert _matching(_completed(reg), "PUT", "/v2/push/denied/") == []
+        assert matching(reg.completed(), "PUT", "/v2/push/denied/") == []
 
 
 def test_push_failing_midway_leaves_no_manifest(
@@ -267,10 +253,10 @@ def test_push_failing_midway_leaves_no_manifest(
     res = env.run("convert", source, f"{registry.host}/push/midway:v1", check=False)
     assert res.returncode == 3, res.stderr
     assert _manifest_status(registry, "push/midway", "v1") == 404
-    log = _completed(registry)
+    log = registry.completed()
     # the first layer's data blob went up before the second layer failed
-    assert _matching(log, "PUT", "/v2/push/midway/blobs/uploads/", 201)
-    assert _matching(log, "PUT", "/v2/push/midway/manifests/") == []
+    assert matching(log, "PUT", "/v2/push/midway/blobs/uploads/", 201)
+    assert matching(log, "PUT", "/v2/push/midway/manifests/") == []
 
 
 # ------------------------------------------------------------------ chunked uploads
@@ -294,10 +280,10 @@ def test_large_data_blob_is_uploaded_in_chunks(
         for size in sizes
         if size > DEFAULT_CHUNK_UPLOAD_BYTES
     )
-    log = _completed(registry)
-    patches = _matching(log, "PATCH", f"/v2/{repo}/blobs/uploads/", 202)
+    log = registry.completed()
+    patches = matching(log, "PATCH", f"/v2/{repo}/blobs/uploads/", 202)
     assert len(patches) == expected_patches
-    assert len(_matching(log, "PATCH", f"/v2/{repo}/blobs/uploads/")) == expected_patches
+    assert len(matching(log, "PATCH", f"/v2/{repo}/blobs/uploads/")) == expected_patches
 
     out = tmp_path / "unpacked"
     env.run("unpack", ref, str(out))
@@ -320,9 +306,9 @@ def test_client_chunked_and_monolithic_uploads(registry: RunningRegistry, size: 
         patches = math.ceil(size / chunk) if size > chunk else 0
         assert client.stats.upload_chunks == patches
         assert client.read_blob(repo, digest) == data
-    log = _completed(registry, since)
-    assert len(_matching(log, "PATCH", f"/v2/{repo}/blobs/uploads/", 202)) == patches
-    assert len(_matching(log, "PATCH", "/blobs/uploads/")) == patches
-    assert len(_matching(log, "POST", f"/v2/{repo}/blobs/uploads/", 202)) == 1
+    log = registry.completed(since)
+    assert len(matching(log, "PATCH", f"/v2/{repo}/blobs/uploads/", 202)) == patches
+    assert len(matching(log, "PATCH", "/blobs/uploads/")) == patches
+    assert len(matching(log, "POST", f"/v2/{repo}/blobs/uploads/", 202)) == 1
     assert len(_uploaded(log, repo, str(digest))) == 1
     assert registry.blob_file(str(digest)).read_bytes() == data
