@@ -19,6 +19,7 @@ from builder.merge import Merger, Node, number_inodes
 from builder.pipeline import ChunkPipeline, Chunks, Hashed, Job, ReadWhole, Whole
 from builder.sources import LayerSource, diff_ids
 from builder.tarlayer import ByteCounter, Member
+from imagefs.chunkdict import ChunkDictionary, KnownChunk
 from imagefs.config import Config
 from imagefs.digest import ChunkDigest, Digest
 from imagefs.errors import FormatError, SourceError, UsageError
@@ -49,6 +50,8 @@ class BuildStats:
     chunks_unique: int  # chunks stored
     bytes_stored: int  # bytes of the data blobs written
     blobs: int  # data blobs written
+    chunks_reused: int = 0  # chunks referenced in other images' blobs (the dictionary)
+    bytes_reused: int = 0  # their uncompressed bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +59,13 @@ class BuiltImage:
     manifest: Manifest
     manifest_descriptor: Descriptor
     manifest_bytes: bytes  # not in the sink: the caller stores it last, as it tags the image
+    bootstrap_bytes: bytes  # the stored (compressed) bootstrap, also in the sink
     config: Descriptor
-    blobs: tuple[Descriptor, ...]
+    blobs: tuple[Descriptor, ...]  # data blobs this build wrote
     bootstrap: Descriptor
     stats: BuildStats
+    # blobs of other images that hold reused chunks, each with the image that has it
+    external: tuple[tuple[Descriptor, str], ...] = ()
 
 
 def worker_threads(config: Config) -> int:
@@ -78,8 +84,15 @@ class _Builder:
         config: Config,
         progress: Progress | None,
         prefetch_paths: Sequence[str] = (),
+        dictionary: ChunkDictionary | None = None,
     ) -> None:
         self.sink = sink
+        self.dictionary = dictionary
+        # blobs of other images holding chunks this image references, in first-use order
+        self.external: list[KnownChunk] = []  # one entry (the first chunk seen) per blob
+        self.external_index: dict[Digest, int] = {}
+        self.chunks_reused = 0
+        self.bytes_reused = 0
         self.prefetch_paths = tuple(prefetch_paths)
         self.params = ChunkParams.from_config(config)
         self.cdc = make_fastcdc(self.params)
@@ -163,6 +176,8 @@ class _Builder:
             chunk_list = files[content]
             for hashed in hashed_chunks:
                 at = index.get(hashed.digest)
+                if at is None and self.dictionary is not None:
+                    at = self._reuse(hashed.digest)
                 if at is None:
                     compression, stored = hashed.stored.wait()
                     if self.writer is None:
@@ -175,6 +190,27 @@ class _Builder:
                     self.pipeline.release(hashed.digest)
                 chunk_list.append(at)
             self.chunks_total += len(hashed_chunks)
+
+    def _reuse(self, digest: bytes) -> int | None:
+        """Reference a chunk another image already stores (found in the dictionary) in
+        place: its blob joins this image's blob list, nothing is written."""
+        assert self.dictionary is not None
+        known = self.dictionary.get(ChunkDigest(digest))
+        if known is None:
+            return None
+        ref = known.ref
+        ext = self.external_index.get(ref.blob)
+        if ext is None:
+            ext = self.external_index[ref.blob] = len(self.external)
+            self.external.append(known)
+        at = self.index[digest] = len(self.chunks)
+        # a negative ordinal marks an external blob (numbered after this image's own)
+        chunk = BlobChunk(ref.digest, ref.offset, ref.stored_size, ref.size, ref.compression)
+        self.chunks.append((-1 - ext, chunk))
+        self.pipeline.release(digest)
+        self.chunks_reused += 1
+        self.bytes_reused += ref.size
+        return at
 
     def _finish_layer(self) -> None:
         self._flush()
@@ -225,20 +261,30 @@ class _Builder:
         return self._write_image(source, merger)
 
     def _write_image(self, source: LayerSource, merger: Merger) -> BuiltImage:
-        blob_digests = [b.digest for b in self.blobs]
+        external = tuple(blob_descriptor(k.ref.blob, k.blob_size) for k in self.external)
+        all_blobs = [*self.blobs, *external]
+        blob_digests = [b.digest for b in all_blobs]
+        own = len(self.blobs)
         refs = [
-            ChunkRef(c.digest, blob_digests[b], c.offset, c.stored_size, c.size, c.compression)
+            ChunkRef(
+                c.digest,
+                blob_digests[b if b >= 0 else own - 1 - b],
+                c.offset,
+                c.stored_size,
+                c.size,
+                c.compression,
+            )
             for b, c in self.chunks
         ]
         files = self.files
         specs = inode_specs(merger.root, lambda content: files[content])
-        infos = [BlobInfo(b.digest, b.size) for b in self.blobs]
+        infos = [BlobInfo(b.digest, b.size) for b in all_blobs]
         prefetch = prefetch_indices(merger, self.prefetch_paths)
         stored = compress_bootstrap(encode_bootstrap(specs, refs, infos, prefetch=prefetch))
         boot = bootstrap_descriptor(stored)
         self.sink.put(stored)
         try:
-            config_bytes = build_config(source.config, [*self.blobs, boot])
+            config_bytes = build_config(source.config, [*all_blobs, boot])
         except FormatError as exc:
             raise SourceError(str(exc)) from None
         config = Descriptor(MEDIA_TYPE_OCI_CONFIG, Digest.of(config_bytes), len(config_bytes))
@@ -248,7 +294,7 @@ class _Builder:
         if ids:
             annotations[ANNOTATION_SOURCE_DIFF_IDS] = ",".join(ids)
         manifest = build_manifest(
-            config, self.blobs, boot, subject=source.subject, annotations=annotations
+            config, all_blobs, boot, subject=source.subject, annotations=annotations
         )
         raw = manifest.encode()
         if self.progress is not None:
@@ -257,8 +303,10 @@ class _Builder:
             manifest=manifest,
             manifest_descriptor=Descriptor(MEDIA_TYPE_OCI_MANIFEST, Digest.of(raw), len(raw)),
             manifest_bytes=raw,
+            bootstrap_bytes=stored,
             config=config,
             blobs=tuple(self.blobs),
+            external=tuple((d, k.home) for d, k in zip(external, self.external, strict=True)),
             bootstrap=boot,
             stats=BuildStats(
                 bytes_in=self.bytes_in,
@@ -266,6 +314,8 @@ class _Builder:
                 chunks_unique=len(self.chunks),
                 bytes_stored=self.bytes_stored,
                 blobs=len(self.blobs),
+                chunks_reused=self.chunks_reused,
+                bytes_reused=self.bytes_reused,
             ),
         )
 
@@ -299,7 +349,9 @@ def build_image(
     *,
     progress: Progress | None = None,
     prefetch_paths: Sequence[str] = (),
+    dictionary: ChunkDictionary | None = None,
 ) -> BuiltImage:
     """Convert `source` into an imagefs image whose blobs go to `sink`; `prefetch_paths`
-    (absolute image paths of regular files) become the bootstrap's prefetch list."""
-    return _Builder(sink, config, progress, prefetch_paths).run(source)
+    (absolute image paths of regular files) become the bootstrap's prefetch list. Chunks the
+    `dictionary` knows are referenced where they are stored, not written again."""
+    return _Builder(sink, config, progress, prefetch_paths, dictionary).run(source)

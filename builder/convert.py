@@ -8,16 +8,28 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, cast
 
 from builder.blobs import BlobSink, LayoutBlobSink, SpoolingBlobSink
 from builder.build import Progress, build_image
 from builder.refs import parse_source, parse_target
 from builder.sources import LayerSource, open_image_store, opened
+from imagefs.chunkdict import (
+    ChainedChunkDictionary,
+    LmdbChunkDictionary,
+    MemoryChunkDictionary,
+    known_chunks,
+)
 from imagefs.config import Config
+from imagefs.copy import LazyBlobStream
 from imagefs.digest import Digest
+from imagefs.errors import NotFoundError
+from imagefs.format import load_bootstrap, parse_imagefs_manifest
 from imagefs.image import ImageStore
+from imagefs.oci import Descriptor, LayoutRef
 from imagefs.target import ImageTarget, LayoutTarget, layout_target
 
 
@@ -31,6 +43,9 @@ class ConvertResult:
     bytes_stored: int  # bytes of the data blobs written
     blobs: int  # data blobs
     seconds: float
+    chunks_reused: int = 0  # chunks referenced where other images store them
+    bytes_reused: int = 0  # their uncompressed bytes
+    external_blobs: int = 0  # blobs of other images this image now lists
 
 
 @contextlib.contextmanager
@@ -57,6 +72,45 @@ def _target(target: str | ImageTarget) -> Iterator[tuple[ImageTarget, BlobSink, 
     yield target, sink, target.describe()
 
 
+def dictionary_of(stores: Sequence[ImageStore]) -> MemoryChunkDictionary:
+    """The chunks of the imagefs images behind `stores` (their bootstraps only)."""
+    dictionary = MemoryChunkDictionary()
+    for store in stores:
+        _, manifest = store.resolve_manifest()
+        image = parse_imagefs_manifest(manifest)
+        bootstrap = load_bootstrap(store.read_blob(image.bootstrap.digest))
+        dictionary.add(known_chunks(bootstrap, store.describe()))
+    return dictionary
+
+
+def _ensure_blobs(
+    target: ImageTarget,
+    blobs: Sequence[tuple[Descriptor, str]],
+    stores: Mapping[str, ImageStore],
+    open_store: Callable[[str], ImageStore] | None,
+) -> None:
+    """Make the target hold the other images' blobs the new manifest lists (streamed from
+    where they are, or mounted within one registry; skipped when already there)."""
+    for desc, home in blobs:
+        if target.has_blob(desc.digest):
+            continue
+        store = stores.get(home)
+        if store is None:
+            if open_store is None:
+                raise NotFoundError(f"blob {desc.digest} lives in {home}, which cannot be opened")
+            store = open_store(home)
+        with LazyBlobStream(store, desc.digest) as stream:
+            target.put_blob_from(desc.digest, desc.size, cast(BinaryIO, stream))
+
+
+def _absolute(ref: str) -> str:
+    """A layout reference with an absolute path (the chunk index outlives the cwd)."""
+    if not ref.startswith("oci:"):
+        return ref
+    layout = LayoutRef.parse(ref)
+    return str(LayoutRef(layout.path.absolute(), layout.tag))
+
+
 def convert(
     source: str | ImageStore,
     target: str | ImageTarget,
@@ -65,6 +119,9 @@ def convert(
     progress: Progress | None = None,
     prefetch_paths: Sequence[str] = (),
     platform: Mapping[str, str] | None = None,
+    dedup_with: Sequence[ImageStore] = (),
+    chunk_index: Path | None = None,
+    open_store: Callable[[str], ImageStore] | None = None,
 ) -> ConvertResult:
     """Convert SOURCE (`oci:PATH[:TAG]`, `docker-archive:PATH`, `dir:PATH`, or an opened
     `ImageStore` such as a registry image) into an imagefs image at TARGET (`oci:PATH[:TAG]`,
@@ -72,11 +129,37 @@ def convert(
 
     `progress(bytes_done, bytes_total_or_None)` is called as source bytes are consumed.
     `prefetch_paths` (absolute image paths of regular files, in order) become the image's
-    prefetch list. `platform` picks the image of a multi-platform source index."""
+    prefetch list. `platform` picks the image of a multi-platform source index.
+
+    Chunks that the `dedup_with` images or the persistent `chunk_index` already store are
+    referenced where they are: their blobs are listed in the new manifest and copied (or
+    mounted) into the target, never re-chunked. `open_store` opens an image the chunk index
+    names as a chunk's home. After a successful conversion the index learns the new image's
+    chunks (with TARGET as their home)."""
     started = time.monotonic()
-    with _source(source, platform) as src, _target(target) as (dest, sink, where):
-        image = build_image(src, sink, config, progress=progress, prefetch_paths=prefetch_paths)
+    homes = {store.describe(): store for store in dedup_with}
+    memory = dictionary_of(dedup_with) if dedup_with else None
+    with contextlib.ExitStack() as stack:
+        index = None
+        if chunk_index is not None:
+            index = stack.enter_context(LmdbChunkDictionary(chunk_index))
+        parts = [d for d in (memory, index) if d is not None]
+        dictionary = ChainedChunkDictionary(*parts) if parts else None
+        src = stack.enter_context(_source(source, platform))
+        dest, sink, where = stack.enter_context(_target(target))
+        image = build_image(
+            src,
+            sink,
+            config,
+            progress=progress,
+            prefetch_paths=prefetch_paths,
+            dictionary=dictionary,
+        )
+        _ensure_blobs(dest, image.external, homes, open_store)
         dest.put_manifest(image.manifest_descriptor, image.manifest_bytes)
+        if index is not None:
+            bootstrap = load_bootstrap(image.bootstrap_bytes)
+            index.add(known_chunks(bootstrap, _absolute(where)))
     stats = image.stats
     return ConvertResult(
         manifest_digest=image.manifest_descriptor.digest,
@@ -87,4 +170,7 @@ def convert(
         bytes_stored=stats.bytes_stored,
         blobs=stats.blobs,
         seconds=time.monotonic() - started,
+        chunks_reused=stats.chunks_reused,
+        bytes_reused=stats.bytes_reused,
+        external_blobs=len(image.external),
     )

@@ -167,6 +167,18 @@ def cli(ctx: click.Context, config_file: Path | None, debug: bool) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="File of absolute image paths (one a line) to prefetch on mount, in order.",
 )
+@click.option(
+    "--dedup-with",
+    "dedup_with",
+    multiple=True,
+    metavar="IMAGE",
+    help="An imagefs image whose chunks are referenced, not stored again (repeatable).",
+)
+@click.option(
+    "--chunk-index",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Persistent chunk dictionary (LMDB dir) used and updated by this conversion.",
+)
 @_creds_option("--src-creds", "IMAGEFS_SRC_CREDS", "a registry SOURCE")
 @_creds_option("--dest-creds", "IMAGEFS_DEST_CREDS", "a registry TARGET")
 @_platform_option
@@ -182,6 +194,8 @@ def convert(
     src_creds: str | None,
     dest_creds: str | None,
     platform: str | None,
+    dedup_with: tuple[str, ...],
+    chunk_index: Path | None,
     **opts: Any,
 ) -> None:
     """Convert SOURCE into an imagefs image at TARGET.
@@ -200,8 +214,17 @@ def convert(
     dest: Any = target
     if is_registry_ref(source):
         src = open_registry_store(source, cfg, _creds(src_creds))
+    dedup = [_store(image, cfg, src_creds) for image in dedup_with]
     if is_registry_ref(target):
-        dest = open_registry_target(target, cfg, _creds(dest_creds))
+        from registry.reference import parse_reference
+
+        here = parse_reference(target).registry
+        mount_from = tuple(
+            ref.repository
+            for ref in (parse_reference(i) for i in dedup_with if is_registry_ref(i))
+            if ref.registry == here
+        )
+        dest = open_registry_target(target, cfg, _creds(dest_creds), mount_from)
     with _progress("converting", None, not as_json) as update:
         result = run_convert(
             src,
@@ -210,6 +233,9 @@ def convert(
             progress=update,
             prefetch_paths=prefetch,
             platform=_platform(platform),
+            dedup_with=dedup,
+            chunk_index=chunk_index,
+            open_store=lambda ref: _store(ref, cfg, src_creds),
         )
     data = {
         "manifest_digest": str(result.manifest_digest),
@@ -219,6 +245,9 @@ def convert(
         "chunks_unique": result.chunks_unique,
         "bytes_stored": result.bytes_stored,
         "blobs": result.blobs,
+        "chunks_reused": result.chunks_reused,
+        "bytes_reused": result.bytes_reused,
+        "external_blobs": result.external_blobs,
         "seconds": round(result.seconds, 3),
         "mb_per_s": round(result.bytes_in / 1e6 / result.seconds, 1) if result.seconds else 0,
     }

@@ -15,7 +15,7 @@ from imagefs.oci import Descriptor
 from imagefs.target import ImageTarget
 
 
-class _LazyStream(io.RawIOBase):
+class LazyBlobStream(io.RawIOBase):
     """Opens the source blob on the first read: a target that mounts the blob from
     elsewhere, or finds it already there, never starts the download."""
 
@@ -65,7 +65,7 @@ def copy_image(
         if target.has_blob(blob.digest):
             skipped += 1
         else:
-            with _LazyStream(store, blob.digest) as f:
+            with LazyBlobStream(store, blob.digest) as f:
                 target.put_blob_from(blob.digest, blob.size, cast(BinaryIO, f))
             copied += 1
             nbytes += blob.size
