@@ -29,6 +29,7 @@ from imagefs.format import (
     MEDIA_TYPE_OCI_CONFIG,
     BlobChunk,
     BlobInfo,
+    ChunkCodec,
     ChunkRef,
     blob_descriptor,
     bootstrap_descriptor,
@@ -40,6 +41,10 @@ from imagefs.format import (
 from imagefs.oci import MEDIA_TYPE_OCI_MANIFEST, Descriptor, Manifest
 
 Progress = Callable[[int, int | None], None]
+# fetches a reused chunk's stored bytes from the image that stores it (ref, that image)
+FetchStored = Callable[[ChunkRef, str], bytes]
+SPARSE_FRACTION = 0.1
+SPARSE_MIN_BLOB = 1 << 20
 BATCH_BYTES = 4 << 20  # chunk bytes handed to a worker at a time
 
 
@@ -85,9 +90,11 @@ class _Builder:
         progress: Progress | None,
         prefetch_paths: Sequence[str] = (),
         dictionary: ChunkDictionary | None = None,
+        fetch: FetchStored | None = None,
     ) -> None:
         self.sink = sink
         self.dictionary = dictionary
+        self.fetch = fetch
         # blobs of other images holding chunks this image references, in first-use order
         self.external: list[KnownChunk] = []  # one entry (the first chunk seen) per blob
         self.external_index: dict[Digest, int] = {}
@@ -258,7 +265,54 @@ class _Builder:
             if self.writer is not None:
                 self.writer.abort()
             self.pipeline.close()
+        self._restore_sparse()
         return self._write_image(source, merger)
+
+    def _restore_sparse(self) -> None:
+        """An image should not list another image's big blob for a few of its chunks (a
+        registry keeps, and a copy moves, the whole blob): chunks reused from an external
+        blob of at least SPARSE_MIN_BLOB bytes of which they are under SPARSE_FRACTION are
+        fetched (verified) and stored again, in one more blob of this image."""
+        if not self.external or self.fetch is None:
+            return
+        used = [0] * len(self.external)
+        for b, c in self.chunks:
+            if b < 0:
+                used[-1 - b] += c.stored_size
+        sparse = {
+            i
+            for i, known in enumerate(self.external)
+            if known.blob_size >= SPARSE_MIN_BLOB and used[i] < SPARSE_FRACTION * known.blob_size
+        }
+        if not sparse:
+            return
+        codec = ChunkCodec()
+        writer = DataBlobWriter(self.sink.begin())
+        ordinal = len(self.blobs)
+        try:
+            for at, (b, c) in enumerate(self.chunks):
+                if b >= 0 or -1 - b not in sparse:
+                    continue
+                known = self.external[-1 - b]
+                ref = ChunkRef(
+                    c.digest, known.ref.blob, c.offset, c.stored_size, c.size, c.compression
+                )
+                stored = self.fetch(ref, known.home)
+                codec.decode(stored, ref)  # verified before it is stored again
+                self.chunks[at] = (ordinal, writer.add(c.digest, c.size, c.compression, stored))
+                self.chunks_reused -= 1
+                self.bytes_reused -= c.size
+            digest, size = writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+        self.blobs.append(blob_descriptor(digest, size))
+        self.bytes_stored += size
+        keep = [i for i in range(len(self.external)) if i not in sparse]
+        moved = {old: new for new, old in enumerate(keep)}
+        self.chunks = [(b if b >= 0 else -1 - moved[-1 - b], c) for b, c in self.chunks]
+        self.external = [self.external[i] for i in keep]
+        self.external_index = {k.ref.blob: i for i, k in enumerate(self.external)}
 
     def _write_image(self, source: LayerSource, merger: Merger) -> BuiltImage:
         external = tuple(blob_descriptor(k.ref.blob, k.blob_size) for k in self.external)
@@ -350,8 +404,11 @@ def build_image(
     progress: Progress | None = None,
     prefetch_paths: Sequence[str] = (),
     dictionary: ChunkDictionary | None = None,
+    fetch: FetchStored | None = None,
 ) -> BuiltImage:
     """Convert `source` into an imagefs image whose blobs go to `sink`; `prefetch_paths`
     (absolute image paths of regular files) become the bootstrap's prefetch list. Chunks the
-    `dictionary` knows are referenced where they are stored, not written again."""
-    return _Builder(sink, config, progress, prefetch_paths, dictionary).run(source)
+    `dictionary` knows are referenced where they are stored, not written again, unless
+    they would be a small part of a big blob: those are fetched with `fetch` and stored
+    again (without `fetch`, every known chunk is referenced)."""
+    return _Builder(sink, config, progress, prefetch_paths, dictionary, fetch).run(source)

@@ -23,11 +23,12 @@ from imagefs.chunkdict import (
     MemoryChunkDictionary,
     known_chunks,
 )
+from imagefs.chunks import BlobReader
 from imagefs.config import Config
 from imagefs.copy import LazyBlobStream
 from imagefs.digest import Digest
 from imagefs.errors import NotFoundError
-from imagefs.format import load_bootstrap, parse_imagefs_manifest
+from imagefs.format import ChunkRef, load_bootstrap, parse_imagefs_manifest
 from imagefs.image import ImageStore
 from imagefs.oci import Descriptor, LayoutRef
 from imagefs.target import ImageTarget, LayoutTarget, layout_target
@@ -147,6 +148,17 @@ def convert(
         dictionary = ChainedChunkDictionary(*parts) if parts else None
         src = stack.enter_context(_source(source, platform))
         dest, sink, where = stack.enter_context(_target(target))
+        readers: dict[str, BlobReader] = {}
+
+        def fetch(ref: ChunkRef, home: str) -> bytes:
+            reader = readers.get(home)
+            if reader is None:
+                store = homes.get(home) or (open_store(home) if open_store else None)
+                if store is None:
+                    raise NotFoundError(f"chunks stored in {home} cannot be read")
+                reader = readers[home] = store.blob_reader()
+            return reader.read_range(ref.blob, ref.offset, ref.stored_size)
+
         image = build_image(
             src,
             sink,
@@ -154,6 +166,7 @@ def convert(
             progress=progress,
             prefetch_paths=prefetch_paths,
             dictionary=dictionary,
+            fetch=fetch,
         )
         _ensure_blobs(dest, image.external, homes, open_store)
         dest.put_manifest(image.manifest_descriptor, image.manifest_bytes)

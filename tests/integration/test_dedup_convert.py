@@ -135,3 +135,27 @@ def test_concurrent_conversions_share_one_chunk_index(
         assert proc.returncode == 0, err
     for v in ("v1", "v2"):
         assert imagefs_env.json("check", f"oci:{tmp_path / v}:x")["ok"] is True
+
+
+def test_a_few_chunks_of_a_big_blob_are_stored_again_not_referenced(
+    imagefs_env: Env, mount_image: Mounter, tmp_path: Path
+) -> None:
+    big = {f"data/b{i}.bin": random.Random(100 + i).randbytes(400_000) for i in range(10)}
+    small_share = {"data/b0.bin": big["data/b0.bin"]}  # 400 KB of a 4 MB blob: under 10%
+    fresh = {f"app/n{i}.bin": random.Random(200 + i).randbytes(300_000) for i in range(4)}
+    out = tmp_path / "out"
+    imagefs_env.json("convert", _layout(tmp_path / "a", big, "a", 1), f"oci:{out}:a")
+    second = imagefs_env.json(
+        "convert",
+        _layout(tmp_path / "b", {**fresh, **small_share}, "b", 2),
+        f"oci:{out}:b",
+        "--dedup-with",
+        f"oci:{out}:a",
+    )
+    assert second["external_blobs"] == 0 and second["chunks_reused"] == 0
+    stored = sum(len(d) for d in fresh.values()) + len(big["data/b0.bin"])
+    assert stored <= second["bytes_stored"] <= 1.02 * stored
+    manifest_blobs = imagefs_env.json("inspect", f"oci:{out}:b")["blobs"]
+    assert len(manifest_blobs) == 2  # its own blob and the re-stored chunks, not a's blob
+    m = mount_image(f"oci:{out}:b")
+    assert _read_all(m.path) == {**fresh, **small_share}
