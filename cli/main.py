@@ -660,11 +660,92 @@ def inspect(
         )
         for b in info.blobs:
             click.echo(
-                f"  blob {b.digest[:19]}  {_human(b.size):>10}  {b.chunks} chunks, "
-                f"{b.references} references"
+                f"  blob {b.digest[:19]}  {_human(b.size):>10}  {b.chunks_stored} chunks stored, "
+                f"{b.chunks} referenced ({b.references} references), "
+                f"{100 * b.referenced_fraction:.1f}% of its bytes referenced"
             )
 
     _emit(as_json, info.to_json(), text)
+
+
+# ---------------------------------------------------------------------------------------------
+# dedup
+
+
+@cli.command()
+@click.argument("images", metavar="IMAGE...", nargs=-1, required=True)
+@_creds_option("--creds", "IMAGEFS_CREDS", "the registry")
+@_platform_option
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_obj
+def dedup(
+    obj: dict[str, Any],
+    images: tuple[str, ...],
+    as_json: bool,
+    creds: str | None,
+    platform: str | None,
+) -> None:
+    """What a set of images shares: chunk level beside whole-layer level.
+
+    For each IMAGE: the bytes its files hold, its distinct chunks (uncompressed and as
+    stored), how much of that another IMAGE also holds (shared) or none does (own), and the
+    same for its OCI layers; for the set: the union a registry stores when it shares chunks
+    and when it shares whole layers. Only manifests and bootstraps are fetched. A plain
+    OCI image gets layer figures only.
+    """
+    from imagefs.dedup import dedup_report, gather_facts
+
+    cfg = _config(obj)
+    plat = _platform(platform)
+    report = dedup_report([gather_facts(i, _store(i, cfg, creds), plat) for i in images])
+
+    def text() -> None:
+        def size(n: int | None) -> str:
+            return "-" if n is None else _human(n)
+
+        head = ("image", "files", "chunks", "stored", "shared", "own", "layers", "layers shared")
+        rows = [
+            (
+                i.name,
+                size(i.logical_bytes),
+                size(i.unique_chunk_bytes),
+                size(i.stored_bytes),
+                size(i.shared_bytes),
+                size(i.own_bytes),
+                size(i.layer_bytes),
+                size(i.shared_layer_bytes),
+            )
+            for i in report.images
+        ]
+        rows.append(
+            (
+                "set",
+                size(report.total_logical_bytes),
+                size(report.total_unique_chunk_bytes),
+                size(report.total_stored_bytes),
+                "",
+                "",
+                size(report.union_layer_bytes),
+                "",
+            )
+        )
+        widths = [max(len(r[c]) for r in (head, *rows)) for c in range(len(head))]
+        for r in (head, *rows):
+            cells = [r[0].ljust(widths[0])] + [
+                v.rjust(w) for v, w in zip(r[1:], widths[1:], strict=True)
+            ]
+            click.echo("  ".join(cells).rstrip())
+        click.echo("set: files added up; chunks, stored and layers as unions (shared ones once)")
+        saving = report.saving_vs_layers
+        if saving is not None:
+            chunked = report.total_stored_bytes + report.total_bootstrap_bytes
+            click.echo(
+                f"registry bytes for the imagefs images: {_human(chunked)} sharing chunks "
+                f"(bootstraps included), {_human(report.imagefs_union_layer_bytes)} sharing "
+                f"whole layers: saving vs layers {100 * saving:.1f}%"
+            )
+
+    _emit(as_json, report.to_json(), text)
 
 
 def main(argv: list[str] | None = None) -> None:

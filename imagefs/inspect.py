@@ -11,7 +11,7 @@ from typing import Any
 
 from imagefs.chunks import FetchingChunkSource, ReadStats, iter_blob_chunks
 from imagefs.errors import FormatError, ImagefsError, IntegrityError
-from imagefs.format import ChunkRef
+from imagefs.format import BLOB_ENTRY_SIZE, BLOB_FOOTER_SIZE, ChunkRef
 from imagefs.image import OpenedImage
 
 
@@ -19,10 +19,24 @@ from imagefs.image import OpenedImage
 class BlobSummary:
     digest: str
     size: int
-    chunks: int
-    stored_bytes: int
-    uncompressed_bytes: int
-    references: int  # file chunk references that resolve into this blob
+    chunks: int  # distinct chunks of this blob that files reference
+    stored_bytes: int  # those chunks, as stored
+    uncompressed_bytes: int  # those chunks, uncompressed
+    references: int  # file chunk references that resolve into this blob (with duplicates)
+    chunks_stored: int = 0  # entries of the bootstrap's chunk table in this blob
+    referenced_bytes: int = 0  # uncompressed bytes over all references (duplicates included)
+
+    @property
+    def data_bytes(self) -> int:
+        """The blob's chunk data area: its size less its chunk table and footer. Exact when the
+        bootstrap lists every chunk of the blob (a blob this image wrote); for a blob of
+        another image, whose chunks this image lists only in part, an upper bound."""
+        return max(0, self.size - BLOB_FOOTER_SIZE - self.chunks_stored * BLOB_ENTRY_SIZE)
+
+    @property
+    def referenced_fraction(self) -> float:
+        """The fraction of the blob's stored chunk bytes that this image's files reference."""
+        return self.stored_bytes / self.data_bytes if self.data_bytes else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +82,11 @@ class Inspection:
                     "stored_bytes": b.stored_bytes,
                     "uncompressed_bytes": b.uncompressed_bytes,
                     "references": b.references,
+                    "chunks_stored": b.chunks_stored,
+                    "referenced_chunks": b.chunks,
+                    "referenced_bytes": b.referenced_bytes,
+                    "chunk_data_bytes": b.data_bytes,
+                    "referenced_fraction": round(b.referenced_fraction, 4),
                 }
                 for b in self.blobs
             ],
@@ -79,6 +98,7 @@ def inspect_image(opened: OpenedImage) -> Inspection:
     kinds: Counter[int] = Counter()
     files = bytes_ = refs = hardlinked = 0
     per_blob_refs: Counter[str] = Counter()
+    per_blob_ref_bytes: Counter[str] = Counter()
     referenced: set[int] = set()
     for index in range(boot.inode_count):
         node = boot.inode(index)
@@ -92,7 +112,10 @@ def inspect_image(opened: OpenedImage) -> Inspection:
             for at in range(first, first + count):
                 ci = boot.refs[at]
                 referenced.add(ci)
-                per_blob_refs[str(boot.chunk(ci).blob)] += 1
+                c = boot.chunk(ci)
+                per_blob_refs[str(c.blob)] += 1
+                per_blob_ref_bytes[str(c.blob)] += c.size
+    per_blob_stored = Counter(str(c.blob) for c in boot.chunks())
     per_blob: dict[str, list[int]] = {str(b.digest): [0, 0, 0] for b in boot.blobs}
     unique_bytes = stored = 0
     for ci in sorted(referenced):
@@ -111,6 +134,8 @@ def inspect_image(opened: OpenedImage) -> Inspection:
             per_blob[str(b.digest)][1],
             per_blob[str(b.digest)][2],
             per_blob_refs[str(b.digest)],
+            per_blob_stored[str(b.digest)],
+            per_blob_ref_bytes[str(b.digest)],
         )
         for b in boot.blobs
     )
