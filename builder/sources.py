@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import io
 import json
 import os
@@ -19,14 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, BinaryIO, Protocol, TypeVar, cast
 
-from builder.entries import Entry, EntryKind, join_path, show
+from builder.entries import Entry, EntryKind, join_path, normalize_path, show
 from builder.refs import SourceRef
 from builder.tarlayer import STREAM_ERRORS, ByteCounter, Member, read_layer
 from imagefs.digest import Digest
 from imagefs.errors import FormatError, ImagefsError, NotFoundError, SourceError
+from imagefs.format import MEDIA_TYPE_OCI_CONFIG as MEDIA_TYPE_OCI_IMAGE_CONFIG
 from imagefs.image import ImageStore
 from imagefs.oci import (
     INDEX_TYPES,
+    LAYER_COMPRESSION,
     MANIFEST_TYPES,
     REF_NAME,
     Descriptor,
@@ -145,6 +148,81 @@ class TarLayer:
             digest=self.digest,
             counter=counter,
         )
+
+
+class _HashingReader:
+    """A blob read as one file: counted for progress and hashed for verification."""
+
+    def __init__(self, raw: BinaryIO, counter: ByteCounter) -> None:
+        self._raw = raw
+        self._counter = counter
+        self.hash = hashlib.sha256()
+        self.total = 0
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        n = self._raw.readinto(buffer)  # type: ignore[attr-defined]
+        if n:
+            self.hash.update(memoryview(buffer)[:n])
+            self.total += n
+            self._counter.value += n
+        return n or 0
+
+    def drain(self) -> None:
+        buf = bytearray(1 << 20)
+        while self.readinto(buf):
+            pass
+
+
+@dataclass(frozen=True)
+class FileLayer:
+    """A layer blob that is one plain file (an ORAS or ModelPack artifact layer), placed
+    at `path` in the tree and checked against `digest`."""
+
+    name: str
+    path: bytes
+    open_raw: Callable[[], BinaryIO]
+    size: int
+    digest: Digest
+
+    def members(self, counter: ByteCounter) -> Iterator[Member]:
+        try:
+            raw = self.open_raw()
+        except OSError as exc:
+            raise SourceError(f"cannot read {self.name}: {exc.strerror or exc}") from None
+        try:
+            reader = _HashingReader(raw, counter)
+            yield Member(Entry(self.path, EntryKind.FILE, mode=0o644, size=self.size), reader)
+            reader.drain()
+            if reader.total != self.size or reader.hash.hexdigest() != self.digest.hex:
+                raise SourceError(f"{self.name} does not match its digest {self.digest}")
+        except OSError as exc:
+            raise SourceError(f"cannot read {self.name}: {exc.strerror or exc}") from None
+        finally:
+            raw.close()
+
+
+# artifact layers: a title names the file a plain-file layer holds
+TITLE_ANNOTATIONS = ("org.opencontainers.image.title", "org.cncf.model.filepath")
+IMAGE_CONFIG_TYPES = frozenset(
+    {MEDIA_TYPE_OCI_IMAGE_CONFIG, "application/vnd.docker.container.image.v1+json"}
+)
+_TAR_SUFFIXES = (".tar", "+tar", ".tar+gzip", ".tar+zstd", ".tar.gzip", ".tar.gz", ".tar.zst")
+
+
+def is_tar_media_type(media_type: str) -> bool:
+    """A layer media type whose blob is a tar (compressed or not): OCI and Docker image
+    layers, and artifact types such as ModelPack's `...weight.v1.tar+gzip`."""
+    return media_type in LAYER_COMPRESSION or media_type.endswith(_TAR_SUFFIXES)
+
+
+def artifact_file_path(layer: Descriptor, what: str) -> bytes | None:
+    """The path a plain-file artifact layer holds (its title), normalized; None when the
+    layer has no title."""
+    for key in TITLE_ANNOTATIONS:
+        title = layer.annotations.get(key)
+        if title:
+            return normalize_path(title.encode(), what=what)
+    return None
 
 
 class BlobStore(Protocol):
@@ -282,17 +360,32 @@ class OciImageSource:
         on_close: Callable[[], None] = lambda: None,
     ) -> OciImageSource:
         n = len(manifest.layers)
-        layers = tuple(
-            TarLayer(
-                name=f"layer {i + 1}/{n} ({layer.digest.algorithm}:{layer.digest.short})",
-                open_raw=functools.partial(open_blob, layer.digest),
-                media_type=layer.media_type,
-                size=layer.size,
-                digest=layer.digest,
-            )
-            for i, layer in enumerate(manifest.layers)
-        )
-        return cls(config, subject, layers, on_close)
+        layers: list[Layer] = []
+        for i, layer in enumerate(manifest.layers):
+            name = f"layer {i + 1}/{n} ({layer.digest.algorithm}:{layer.digest.short})"
+            opener = functools.partial(open_blob, layer.digest)
+            if is_tar_media_type(layer.media_type):
+                known = layer.media_type in LAYER_COMPRESSION
+                layers.append(
+                    TarLayer(
+                        name=name,
+                        open_raw=opener,
+                        media_type=layer.media_type if known else None,
+                        size=layer.size,
+                        digest=layer.digest,
+                    )
+                )
+                continue
+            path = artifact_file_path(layer, name)
+            if path is None:
+                raise SourceError(
+                    f"{name} has media type {layer.media_type!r}, which is neither a tar "
+                    "layer nor a file with a title annotation"
+                )
+            layers.append(FileLayer(name, path, opener, layer.size, layer.digest))
+        if manifest.config.media_type not in IMAGE_CONFIG_TYPES:
+            config = dir_config()  # an artifact (a model): its own config is not an image's
+        return cls(config, subject, tuple(layers), on_close)
 
     def close(self) -> None:
         self.on_close()
