@@ -379,8 +379,8 @@ class OciImageSource:
             path = artifact_file_path(layer, name)
             if path is None:
                 raise SourceError(
-                    f"{name} has media type {layer.media_type!r}, which is neither a tar "
-                    "layer nor a file with a title annotation"
+                    f"{name} has unknown layer media type {layer.media_type!r}: neither a "
+                    "tar layer nor a file with a title annotation"
                 )
             layers.append(FileLayer(name, path, opener, layer.size, layer.digest))
         if manifest.config.media_type not in IMAGE_CONFIG_TYPES:

@@ -179,9 +179,8 @@ def test_missing_blob_and_unknown_media_type(tmp_path: Path) -> None:
 
     odd = LayerBlob(blobs[0].data, "application/vnd.oci.image.layer.v1.tar+bzip2", blobs[0].diff_id)
     write_oci_layout(tmp_path / "odd", [odd])
-    source = open_source(SourceRef("oci", tmp_path / "odd", None))
     with pytest.raises(SourceError, match="unknown layer media type"):
-        layer_summary(source)
+        layer_summary(open_source(SourceRef("oci", tmp_path / "odd", None)))
 
 
 def test_tampered_blobs_are_caught(tmp_path: Path) -> None:
