@@ -8,7 +8,7 @@ VENV := .venv
 BIN  := $(VENV)/bin
 PY   := $(BIN)/python
 
-.PHONY: bootstrap demo test check format bench bench-lazy clean distclean
+.PHONY: bootstrap demo test check format bench bench-lazy bench-dedup clean distclean
 
 bootstrap:
 	./scripts/bootstrap
@@ -36,6 +36,9 @@ bench: bootstrap
 
 bench-lazy: bootstrap
 	$(PY) bench/lazy.py --repeat 3
+
+bench-dedup: bootstrap
+	$(PY) bench/dedup.py
 
 clean:
 	rm -rf build dist .mypy_cache .ruff_cache .pytest_cache .hypothesis .import_linter_cache bench/out demo-out
