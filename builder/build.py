@@ -19,6 +19,7 @@ from builder.merge import Merger, Node, number_inodes
 from builder.pipeline import ChunkPipeline, Chunks, Hashed, Job, ReadWhole, Whole
 from builder.sources import LayerSource, diff_ids
 from builder.tarlayer import ByteCounter, Member
+from builder.tensors import cut_model_file, is_model_file
 from imagefs.chunkdict import ChunkDictionary, KnownChunk
 from imagefs.config import Config
 from imagefs.digest import ChunkDigest, Digest
@@ -138,10 +139,12 @@ class _Builder:
     def _read_file(self, member: Member, entry: Entry) -> None:
         """Queue a file's chunk work. Small files are cut (and, when they can be read from
         any thread, read) by the workers; large ones are streamed and cut here, block by
-        block, so that no file is held whole in memory."""
+        block, so that no file is held whole in memory. safetensors and GGUF files, whatever
+        their size, are cut here tensor by tensor (builder.tensors)."""
         size, content = entry.size, entry.content
         self.bytes_in += size
-        if size <= self.params.block_size:
+        model = is_model_file(entry.path)
+        if size <= self.params.block_size and not model:
             if member.path is not None:
                 self.counter.value += size
                 self._add(ReadWhole(member.path, size), content, size)
@@ -157,7 +160,8 @@ class _Builder:
         if data is None:
             raise SourceError(f"{self.layer_name}: data of {show(entry.path)} is missing")
         try:
-            for block in cut_file(self.cdc, self.params, data, size, entry.path):
+            cut = cut_model_file if model else cut_file
+            for block in cut(self.cdc, self.params, data, size, entry.path):
                 buf = memoryview(block.buf)
                 views: list[memoryview] = []
                 offset = 0

@@ -28,7 +28,7 @@ from imagefs.config import Config
 from imagefs.errors import ImagefsError, MountError, UsageError
 from imagefs.image import OpenedImage
 from imagefs.pathlist import write_path_list
-from imagefs.prefetch import entrypoint_files, run_prefetch
+from imagefs.prefetch import entrypoint_files, prefetch_model_headers, run_prefetch
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,8 @@ def serve(
 
     With `record_access`, the paths of opened files are written there (see AccessRecorder).
     When the bootstrap has a prefetch list, a background thread fetches those files' chunks;
-    without one (and with `prefetch_entrypoint`), the files the image's entrypoint needs."""
+    without one (and with `prefetch_entrypoint`), the files the image's entrypoint needs;
+    then (with `prefetch_model_headers`) the headers of every safetensors and GGUF file."""
     if not mountpoint.is_dir():
         raise MountError(f"mountpoint {mountpoint} is not a directory")
     if is_mounted(mountpoint):
@@ -221,17 +222,10 @@ def serve(
         on_access=recorder.on_access if recorder is not None else None,
     )
     stop_prefetch = threading.Event()
-    if opened.bootstrap.prefetch:
+    if opened.bootstrap.prefetch or config.prefetch_entrypoint or config.prefetch_model_headers:
         threading.Thread(
-            target=run_prefetch,
-            args=(opened.view, stop_prefetch),
-            name="imagefs-prefetch",
-            daemon=True,
-        ).start()
-    elif config.prefetch_entrypoint:
-        threading.Thread(
-            target=_prefetch_entrypoint,
-            args=(opened, stop_prefetch),
+            target=_prefetch,
+            args=(opened, config, stop_prefetch),
             name="imagefs-prefetch",
             daemon=True,
         ).start()
@@ -260,6 +254,21 @@ def serve(
         server.server_close()
         with contextlib.suppress(FileNotFoundError):
             sock_path.unlink()
+
+
+def _prefetch(opened: OpenedImage, config: Config, stop: threading.Event) -> None:
+    """The background prefetch: the prefetch list, or without one (and with
+    `prefetch_entrypoint`) what the entrypoint needs; then (with `prefetch_model_headers`)
+    the header regions of every safetensors and GGUF file."""
+    if opened.bootstrap.prefetch:
+        run_prefetch(opened.view, stop)
+    elif config.prefetch_entrypoint:
+        _prefetch_entrypoint(opened, stop)
+    if config.prefetch_model_headers and not stop.is_set():
+        try:
+            prefetch_model_headers(opened.view, stop)
+        except ImagefsError as exc:  # e.g. a corrupt bootstrap: reads report it
+            log.info("model header prefetch skipped: %s", exc)
 
 
 def _prefetch_entrypoint(opened: OpenedImage, stop: threading.Event) -> None:

@@ -44,6 +44,7 @@ class Config:
     coalesce_gap_bytes: int = 64 * KIB
     readahead_bytes: int = 4 * MIB  # fetched in the background ahead of a sequential reader
     prefetch_entrypoint: bool = True  # no prefetch list: fetch what the entrypoint loads
+    prefetch_model_headers: bool = True  # then the headers of safetensors and GGUF files
     locality_bytes: int = 0  # stored bytes after a file fetched when it is opened (0: off)
     fetch_threads: int = 4  # parallel Range requests of one read
     # registries

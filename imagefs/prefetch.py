@@ -2,7 +2,8 @@
 its entrypoint needs to start (the Entrypoint/Cmd program, a script's interpreter, the ELF
 interpreter and shared libraries, transitively). Their chunks are fetched in large batches
 through the normal chunk source (so the cache fills and neighbouring chunks of one blob
-coalesce into few range reads), in order, until done or stopped."""
+coalesce into few range reads), in order, until done or stopped. Then the header regions of
+every safetensors and GGUF file, which a model loader reads first."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from imagefs.digest import ChunkDigest
 from imagefs.elf import elf_deps
 from imagefs.errors import FsError, ImagefsError
 from imagefs.format import ChunkRef
+from imagefs.tensors import model_format, tensor_layout
 from imagefs.view import ROOT_INO, FileSystemView
 
 log = logging.getLogger(__name__)
@@ -206,3 +208,101 @@ def entrypoint_files(view: FileSystemView, config: bytes) -> list[int]:
                     queue.append(found)
                     break
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Model headers
+
+
+def model_files(view: FileSystemView) -> list[tuple[bytes, int]]:
+    """(path, inode index) of every regular file named *.safetensors or *.gguf, in path
+    order, each inode once."""
+    out: list[tuple[bytes, int]] = []
+    seen: set[int] = set()
+    boot = view.bootstrap
+    for path, ino in view.walk():
+        index = ino - 1
+        if model_format(path) is None or index in seen:
+            continue
+        node = boot.inode(index)
+        if node.is_reg and node.size:
+            seen.add(index)
+            out.append((path, index))
+    return out
+
+
+class _HeadFetcher:
+    """A file's first bytes, whole chunks at a time, fetched as prefetch."""
+
+    def __init__(self, view: FileSystemView, index: int, seen: set[ChunkDigest]) -> None:
+        self.view = view
+        self.index = index
+        self.size = view.bootstrap.inode(index).size
+        self.seen = seen
+        self.head = bytearray()
+
+    def fetch(self, n: int) -> bytes:
+        n = min(n, self.size)
+        if n > len(self.head):
+            refs = [r for _, r in self.view.bootstrap.file_chunks(self.index, len(self.head), n)]
+            for data in self.view.chunks.get_chunks(refs):
+                self.head += data
+            _count(self.view, refs, self.seen)
+        return bytes(self.head)
+
+
+def _count(view: FileSystemView, refs: Sequence[ChunkRef], seen: set[ChunkDigest]) -> None:
+    new = {r.digest: r.size for r in refs if r.digest not in seen}
+    seen.update(new)
+    view.stats.add(prefetch_chunks=len(new), prefetch_bytes=sum(new.values()))
+
+
+def model_header_ranges(
+    view: FileSystemView, stop: threading.Event | None = None, *, batch_bytes: int = BATCH_BYTES
+) -> list[tuple[int, int]]:
+    """(inode index, header end) of each safetensors and GGUF file of the image whose header
+    parses: [0, 8 + N) of a safetensors file, [0, data start) of a GGUF file. Finding them
+    fetches the chunks of those regions (counted as prefetch). Never raises: a file whose
+    header cannot be read or parsed is logged and left out."""
+    out: list[tuple[int, int]] = []
+    seen: set[ChunkDigest] = set()
+    files = model_files(view)
+    fetchers = [_HeadFetcher(view, index, seen) for _, index in files]
+    # the first chunk of every file in few large requests: most safetensors headers are
+    # exactly that chunk, and most of a small GGUF header is in it
+    pending: list[_HeadFetcher] = []
+    size = 0
+    for at, fetcher in enumerate(fetchers):
+        pending.append(fetcher)
+        size += min(fetcher.size, 1 << 20)
+        if size >= batch_bytes or at == len(fetchers) - 1:
+            if stop is not None and stop.is_set():
+                return out
+            try:
+                firsts = [next(view.bootstrap.file_chunks(f.index, 0, 1))[1] for f in pending]
+                for f, data in zip(pending, view.chunks.get_chunks(firsts), strict=True):
+                    f.head += data
+                _count(view, firsts, seen)
+            except Exception as exc:  # each file's own fetch retries below
+                log.warning("model header prefetch batch failed: %s", exc)
+            pending, size = [], 0
+    for (path, index), fetcher in zip(files, fetchers, strict=True):
+        if stop is not None and stop.is_set():
+            break
+        try:
+            layout = tensor_layout(path, fetcher.fetch, fetcher.size)
+        except Exception as exc:  # a read will retry and report it
+            log.warning("model header prefetch of %r failed: %s", path, exc)
+            continue
+        if layout is not None:
+            out.append((index, layout.header_end))
+    return out
+
+
+def prefetch_model_headers(view: FileSystemView, stop: threading.Event) -> int:
+    """Fetch the header regions of every safetensors and GGUF file (and tell the view where
+    they end, see `FileSystemView.set_header_end`); their count."""
+    ranges = model_header_ranges(view, stop)
+    for index, end in ranges:
+        view.set_header_end(index + 1, end)
+    return len(ranges)

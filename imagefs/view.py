@@ -60,6 +60,7 @@ class FileSystemView:
         self._scheduled = bytearray(bootstrap.chunk_count if locality_bytes else 0)
         self._last_end: dict[int, int] = {}  # ino -> where its last read ended
         self._ahead: dict[int, int] = {}  # ino -> how far readahead has been asked for
+        self._headers: dict[int, int] = {}  # ino -> end of a model file's header region
         self._ra_lock = threading.Lock()
         self._ra_pool: ThreadPoolExecutor | None = None
 
@@ -172,6 +173,13 @@ class FileSystemView:
 
     # -- readahead ---------------------------------------------------------------------------
 
+    def set_header_end(self, ino: int, end: int) -> None:
+        """`ino` is a model file whose header region ends at `end`: a loader reads the header
+        from offset 0, then jumps to the tensors it wants, so a read from offset 0 gets no
+        readahead beyond the header (reads that continue one another still get it)."""
+        with self._ra_lock:
+            self._headers[ino] = end
+
     def _readahead(self, ino: int, index: int, size: int, offset: int, end: int) -> None:
         """A sequential reader (from offset 0, or where its last read ended) gets the next
         `readahead_bytes` of the file fetched in the background, so that its next reads
@@ -186,6 +194,8 @@ class FileSystemView:
                 return
             start = max(end, self._ahead.get(ino, 0))
             stop = min(size, end + self.readahead_bytes)
+            if offset == 0 and ino in self._headers:
+                stop = min(stop, self._headers[ino])
             if start >= stop or (stop - start < self.readahead_bytes // 2 and stop < size):
                 return  # most of the window is already on its way
             self._ahead[ino] = stop
