@@ -455,6 +455,44 @@ def stats(obj: dict[str, Any], mountpoint: Path, as_json: bool) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# snapshotter
+
+
+@cli.command()
+@click.option(
+    "--address",
+    required=True,
+    metavar="SOCKET",
+    help="Unix socket to serve on (PATH or unix://PATH): containerd's proxy_plugins address.",
+)
+@click.option(
+    "--root",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory holding the snapshots and their metadata.",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML config file (overrides the global --config).",
+)
+@click.pass_obj
+def snapshotter(obj: dict[str, Any], address: str, root: Path, config_file: Path | None) -> None:
+    """Serve containerd's Snapshots API on SOCKET until SIGTERM/SIGINT.
+
+    Configure containerd with `[proxy_plugins.imagefs] type = "snapshot"
+    address = "SOCKET"`; images are then pulled and run with `--snapshotter imagefs`.
+    """
+    from fuse_mount.snapshotter.server import serve
+
+    if config_file is not None:
+        obj = {**obj, "config_file": config_file}
+    _config(obj)  # validate the configuration before listening
+    serve(address, root)
+
+
+# ---------------------------------------------------------------------------------------------
 # cache
 
 

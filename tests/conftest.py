@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-TOOLS = ("umoci", "skopeo", "fusermount3", "casync")
+TOOLS = ("umoci", "skopeo", "fusermount3", "casync", "containerd", "ctr", "runc")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
