@@ -54,8 +54,10 @@ import dedup_models as dm
 OUT = cv.OUT
 DEDUP = dd.DEDUP_OUT
 RESULTS = OUT / "dedup-results.json"
-BLOB_MT = "application/vnd.imagefs.blob.v1"
+BLOB_MT = "application/vnd.imagefs.blob.v1"  # format 1.0; now an annotated OCI tar layer
 BOOTSTRAP_MT = "application/vnd.imagefs.bootstrap.v1+zstd"
+BLOB_ANNOTATION = "containerd.io/snapshot/imagefs.blob"
+BOOTSTRAP_ANNOTATION = "containerd.io/snapshot/imagefs.bootstrap"
 REBUILT = ("v1", "rebuild", "rebuild-less")
 STACKED = ("v1", "v2")
 MODEL_EPOCH = 1_700_000_000
@@ -289,12 +291,14 @@ def imagefs_store(versions: Sequence[Version], work: Path) -> Path:
             "data_blobs": [
                 (x["digest"], int(x["size"]))
                 for x in manifest["layers"]
-                if x["mediaType"] == BLOB_MT
+                if x.get("annotations", {}).get(BLOB_ANNOTATION) == "true"
+                or x["mediaType"] == BLOB_MT
             ],
             "bootstraps": [
                 (x["digest"], int(x["size"]))
                 for x in manifest["layers"]
-                if x["mediaType"] == BOOTSTRAP_MT
+                if x.get("annotations", {}).get(BOOTSTRAP_ANNOTATION) == "true"
+                or x["mediaType"] == BOOTSTRAP_MT
             ],
         }
         v.imagefs["bootstrap_bytes"] = sum(s for _, s in v.imagefs["bootstraps"])

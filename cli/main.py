@@ -484,12 +484,15 @@ def snapshotter(obj: dict[str, Any], address: str, root: Path, config_file: Path
     Configure containerd with `[proxy_plugins.imagefs] type = "snapshot"
     address = "SOCKET"`; images are then pulled and run with `--snapshotter imagefs`.
     """
+    from fuse_mount.snapshotter.remote import ImagefsRemoteLayers, ImageMounts, default_spawner
     from fuse_mount.snapshotter.server import serve
 
     if config_file is not None:
         obj = {**obj, "config_file": config_file}
     _config(obj)  # validate the configuration before listening
-    serve(address, root)
+    # imagefs images: one lazy mount per image under ROOT/images, in its own process
+    mounts = ImageMounts(root.absolute() / "images", default_spawner(None, obj.get("config_file")))
+    serve(address, root, remote=ImagefsRemoteLayers(mounts))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,8 +26,14 @@ from imagefs.oci import MEDIA_TYPE_OCI_MANIFEST, Descriptor, Manifest, canonical
 # ---------------------------------------------------------------------------------------------
 # Media types and annotations of an imagefs image (see FORMAT.md, "The imagefs image").
 
-MEDIA_TYPE_BLOB = "application/vnd.imagefs.blob.v1"
-MEDIA_TYPE_BOOTSTRAP = "application/vnd.imagefs.bootstrap.v1+zstd"
+# Layers carry an ordinary OCI layer media type, so that containerd treats them as layers
+# (and hands their `containerd.io/snapshot/` annotations to snapshotters as labels); the
+# annotations below say which layer is what. Format 1.0 used media types of its own, which
+# readers still accept.
+MEDIA_TYPE_BLOB = "application/vnd.oci.image.layer.v1.tar"
+MEDIA_TYPE_BOOTSTRAP = "application/vnd.oci.image.layer.v1.tar"
+LEGACY_MEDIA_TYPE_BLOB = "application/vnd.imagefs.blob.v1"
+LEGACY_MEDIA_TYPE_BOOTSTRAP = "application/vnd.imagefs.bootstrap.v1+zstd"
 MEDIA_TYPE_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 
 ANNOTATION_FORMAT = "dev.imagefs.format"  # on the manifest: "1.0"
@@ -811,8 +817,22 @@ def bootstrap_descriptor(stored: bytes) -> Descriptor:
     return Descriptor.of(MEDIA_TYPE_BOOTSTRAP, stored, **{ANNOTATION_LAYER_BOOTSTRAP: "true"})
 
 
+def is_bootstrap_layer(layer: Descriptor) -> bool:
+    return (
+        layer.annotations.get(ANNOTATION_LAYER_BOOTSTRAP) == "true"
+        or layer.media_type == LEGACY_MEDIA_TYPE_BOOTSTRAP
+    )
+
+
+def is_blob_layer(layer: Descriptor) -> bool:
+    return (
+        layer.annotations.get(ANNOTATION_LAYER_BLOB) == "true"
+        or layer.media_type == LEGACY_MEDIA_TYPE_BLOB
+    )
+
+
 def is_imagefs_manifest(manifest: Manifest) -> bool:
-    return any(layer.media_type == MEDIA_TYPE_BOOTSTRAP for layer in manifest.layers)
+    return any(is_bootstrap_layer(layer) for layer in manifest.layers)
 
 
 def parse_imagefs_manifest(manifest: Manifest) -> ImagefsImage:
@@ -823,13 +843,16 @@ def parse_imagefs_manifest(manifest: Manifest) -> ImagefsImage:
         raise UnsupportedVersionError(
             f"imagefs image format {version} is not supported (this reader knows {FORMAT_MAJOR}.x)"
         )
-    boots = [x for x in manifest.layers if x.media_type == MEDIA_TYPE_BOOTSTRAP]
+    boots = [x for x in manifest.layers if is_bootstrap_layer(x)]
     if not boots:
         raise FormatError("not an imagefs image (no bootstrap layer); convert it first")
     if len(boots) != 1 or manifest.layers[-1] is not boots[0]:
         raise FormatError("imagefs image must have exactly one bootstrap, as its last layer")
     blobs = manifest.layers[:-1]
     for b in blobs:
-        if b.media_type != MEDIA_TYPE_BLOB:
-            raise FormatError(f"imagefs image has an unexpected layer type {b.media_type}")
+        if not is_blob_layer(b):
+            raise FormatError(
+                f"imagefs image has a layer {b.digest.short} ({b.media_type}) that is not "
+                "an imagefs data blob"
+            )
     return ImagefsImage(manifest, tuple(blobs), boots[0])

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fuse_mount.mount import is_mounted
+from fuse_mount.snapshotter.state import MetadataStore, Snapshot, SnapshotExists
 from imagefs.digest import Digest
 from imagefs.errors import FormatError, MountError
 from imagefs.format import ANNOTATION_LAYER_BLOB, ANNOTATION_LAYER_BOOTSTRAP
@@ -105,14 +106,17 @@ Spawner = Callable[[str, Path], None]
 
 
 def spawn_mount(
-    argv_prefix: list[str], env: Mapping[str, str] | None = None, timeout_s: float = 120
+    argv_prefix: list[str],
+    env: Mapping[str, str] | None = None,
+    timeout_s: float = 120,
+    mount_args: tuple[str, ...] = (),
 ) -> Spawner:
-    """A spawner running `imagefs mount IMAGE PATH` (which detaches the serving process and
-    returns once the mount is up)."""
+    """A spawner running `imagefs mount [MOUNT_ARGS] IMAGE PATH` (which detaches the serving
+    process and returns once the mount is up)."""
 
     def spawn(image: str, path: Path) -> None:
         res = subprocess.run(
-            [*argv_prefix, "mount", image, str(path)],
+            [*argv_prefix, "mount", *mount_args, image, str(path)],
             capture_output=True,
             text=True,
             timeout=timeout_s,
@@ -126,8 +130,15 @@ def spawn_mount(
     return spawn
 
 
-def default_spawner(env: Mapping[str, str] | None = None) -> Spawner:
-    return spawn_mount([sys.executable, "-m", "cli.main"], env)
+def default_spawner(
+    env: Mapping[str, str] | None = None, config_file: Path | None = None
+) -> Spawner:
+    """`imagefs mount --allow-other` (container processes may run as any user) with this
+    interpreter, the snapshotter's config file and environment."""
+    prefix = [sys.executable, "-m", "cli.main"]
+    if config_file is not None:
+        prefix += ["--config", str(config_file)]
+    return spawn_mount(prefix, env, mount_args=("--allow-other",))
 
 
 class ImageMounts:
@@ -176,3 +187,34 @@ class ImageMounts:
 
 def _lazy_unmount(path: Path) -> None:
     subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True, check=False)
+
+
+class ImagefsRemoteLayers:
+    """The snapshotter's `RemoteLayers` for imagefs images: every layer of an imagefs image
+    becomes a committed snapshot at once (containerd fetches and applies nothing), and the
+    image's top layer reads through the image's lazy mount."""
+
+    def __init__(self, mounts: ImageMounts) -> None:
+        self.mounts = mounts
+
+    def prepare(
+        self, store: MetadataStore, key: str, parent: str, labels: Mapping[str, str]
+    ) -> Snapshot | None:
+        layer = classify(labels)
+        if layer is None:
+            return None
+        # named by chain ID, like stargz: one snapshot per layer, shared by namespaces
+        try:
+            return store.add_committed(layer.chain_id, parent, layer.labels())
+        except SnapshotExists:
+            existing = store.get(layer.chain_id)
+            return existing if existing.parent == parent else None
+
+    def lower_dir(self, snap: Snapshot) -> Path | None:
+        image = remote_image(snap.labels)
+        return None if image is None else self.mounts.ensure(image)
+
+    def removed(self, snap: Snapshot) -> None:
+        image = remote_image(snap.labels)
+        if image is not None:
+            self.mounts.release(image)

@@ -126,6 +126,9 @@ class SnapshotsService:
 
     @_rpc
     def Prepare(self, request: Any, context: grpc.ServicerContext) -> Any:
+        log.debug(
+            "Prepare %r parent=%r labels=%s", request.key, request.parent, dict(request.labels)
+        )
         mounts = self.snapshotter.prepare(request.key, request.parent, dict(request.labels))
         return self._pb.PrepareSnapshotResponse(mounts=self._mounts(mounts))
 

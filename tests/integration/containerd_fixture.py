@@ -166,6 +166,9 @@ class SnapshotterProcess:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         env = dict(os.environ)
         env.pop("IMAGEFS_CONFIG", None)
+        # the lazy mounts it starts for imagefs images: a private cache and run dir
+        env["IMAGEFS_CACHE_DIR"] = str(self.root / "cache")
+        env["IMAGEFS_RUN_DIR"] = str(self.root / "run")
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [
