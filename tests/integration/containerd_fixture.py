@@ -191,6 +191,14 @@ class SnapshotterProcess:
                 raise RuntimeError(f"imagefs snapshotter not connectable in {timeout_s}s")
             time.sleep(0.05)
 
+    def kill(self) -> int:
+        """SIGKILL (a crash: nothing cleaned up) and wait; returns the exit code."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        code = self.proc.wait(timeout=10)
+        self.exit_codes.append(code)
+        return code
+
     def stop(self) -> int:
         """SIGTERM and wait; returns the exit code."""
         assert self.proc is not None

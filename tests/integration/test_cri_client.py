@@ -5,9 +5,14 @@ container that cats the busybox image's layer-2 file, its exit code and its CRI 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -126,30 +131,31 @@ def test_cri_runs_container_from_pulled_image(
         assert cri.image_id(ref) is None
 
 
-def test_cri_runs_an_imagefs_image_lazily(
-    lab: ContainerdLab, busybox_layout: Path, tmp_path: Path
-) -> None:
-    """An imagefs image through CRI: the snapshotter provides every layer at once (containerd
-    fetches no layer blob), and the container reads its files through the lazy mount."""
-    import os
-    import sys
+BIG = 24 << 20  # an unrelated big file in the imagefs test image
 
-    from fuse_mount.snapshotter.remote import LABEL_REMOTE_KIND
-    from tests.integration.registry_fixture import matching
 
-    ref = f"{lab.registry.host}/imagefs/busybox:lazy"
+@pytest.fixture(scope="module")
+def big_layout(busybox_layout: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The busybox layout plus a tag `big`: one more layer holding /data/big.bin (random),
+    which the containers below never read."""
+    work = tmp_path_factory.mktemp("big")
+    bundle = work / "bundle"
+    for args in (
+        ("unpack", "--image", f"{busybox_layout}:busybox", str(bundle)),
+        ("repack", "--image", f"{busybox_layout}:big", str(bundle)),
+    ):
+        if args[0] == "repack":
+            (bundle / "rootfs" / "data").mkdir()
+            (bundle / "rootfs" / "data" / "big.bin").write_bytes(os.urandom(BIG))
+        subprocess.run(["umoci", *args], check=True, capture_output=True, timeout=120)
+    return busybox_layout
+
+
+def _convert(layout: Path, tag: str, ref: str, tmp_path: Path) -> dict[str, Any]:
     env = {**os.environ, "IMAGEFS_RUN_DIR": str(tmp_path / "run")}
     env.pop("IMAGEFS_CONFIG", None)
-    converted = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cli.main",
-            "convert",
-            f"oci:{busybox_layout}:busybox",
-            ref,
-            "--json",
-        ],
+    out = subprocess.run(
+        [sys.executable, "-m", "cli.main", "convert", f"oci:{layout}:{tag}", ref, "--json"],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -157,7 +163,39 @@ def test_cri_runs_an_imagefs_image_lazily(
         check=True,
         timeout=300,
     )
-    manifest_digest = json.loads(converted.stdout)["manifest_digest"]
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def _image_mount_stats(lab: ContainerdLab) -> dict[str, Any]:
+    """`imagefs stats` of the snapshotter's (only) image mount."""
+    mounts = [p for p in (lab.snapshotter.root / "images").iterdir() if p.is_dir()]
+    assert len(mounts) == 1, mounts
+    env = {**os.environ, "IMAGEFS_RUN_DIR": str(lab.snapshotter.root / "run")}
+    out = subprocess.run(
+        [sys.executable, "-m", "cli.main", "stats", str(mounts[0]), "--json"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    stats: dict[str, Any] = json.loads(out.stdout)
+    return stats
+
+
+def test_cri_runs_an_imagefs_image_lazily(
+    lab: ContainerdLab, big_layout: Path, tmp_path: Path
+) -> None:
+    """An imagefs image through CRI: the snapshotter provides every layer at once (containerd
+    fetches no layer blob), and the container reads its files through the lazy mount."""
+    from fuse_mount.snapshotter.remote import LABEL_REMOTE_KIND
+    from tests.integration.registry_fixture import matching
+
+    ref = f"{lab.registry.host}/imagefs/busybox:lazy"
+    converted = _convert(big_layout, "big", ref, tmp_path)
+    manifest_digest = converted["manifest_digest"]
     seen = len(lab.registry.log.splitlines())
     log_dir = tmp_path / "pod-logs"
     with CriClient(lab.address) as cri:
@@ -173,6 +211,7 @@ def test_cri_runs_an_imagefs_image_lazily(
                 text = cri.logs(log_dir / "lazy.log")
                 assert exit_code == 0, text
                 assert text == HELLO
+                stats = _image_mount_stats(lab)
                 cri.stop_container(ctr)
                 cri.remove_container(ctr)
         except Exception as exc:
@@ -188,3 +227,40 @@ def test_cri_runs_an_imagefs_image_lazily(
     # containerd fetched the config only; every layer byte came through imagefs's mount
     assert len(by_containerd) <= 1, by_containerd
     assert by_imagefs and any("status=206" in ln for ln in by_imagefs)
+    # far less than the image: busybox and the file, not the 24 MiB nobody read
+    assert 0 < stats["bytes_fetched"] < converted["bytes_stored"] / 8, stats
+
+
+def test_containers_survive_a_snapshotter_crash(
+    lab: ContainerdLab, big_layout: Path, tmp_path: Path
+) -> None:
+    """kill -9 the snapshotter while a container runs, start it again: the container keeps
+    reading files, and a new container of the same image starts."""
+    ref = f"{lab.registry.host}/imagefs/busybox:crash"
+    _convert(big_layout, "big", ref, tmp_path)
+    log_dir = tmp_path / "pod-logs"
+    script = "cat /etc/hello.txt; sleep 3; cat /etc/hello.txt; head -c 1000 /data/big.bin | wc -c"
+    with CriClient(lab.address) as cri:
+        try:
+            cri.pull(ref)
+            with cri.pod("imagefs-crash", log_dir) as pod_id:
+                reader = cri.create(pod_id, None, "reader", ref, ["sh", "-c", script], "r.log")
+                cri.start(reader)
+                time.sleep(1)
+                assert cri.container_status(reader).state == "CONTAINER_RUNNING"
+                old = lab.snapshotter.pid
+                assert lab.snapshotter.kill() == -signal.SIGKILL
+                lab.snapshotter.start()
+                assert lab.snapshotter.pid != old
+                assert cri.wait_exit(reader, timeout_s=60) == 0
+                assert cri.logs(log_dir / "r.log") == HELLO + HELLO + "1000\n"
+                again = cri.create(pod_id, None, "again", ref, ["cat", "/etc/hello.txt"], "a.log")
+                cri.start(again)
+                assert cri.wait_exit(again, timeout_s=60) == 0
+                assert cri.logs(log_dir / "a.log") == HELLO
+                for ctr in (reader, again):
+                    cri.stop_container(ctr)
+                    cri.remove_container(ctr)
+        except Exception as exc:
+            exc.add_note(_diagnose(lab))
+            raise
