@@ -477,8 +477,19 @@ def stats(obj: dict[str, Any], mountpoint: Path, as_json: bool) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="TOML config file (overrides the global --config).",
 )
+@click.option(
+    "--metrics-address",
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics (mounts, bytes fetched, cache hits, latency, errors).",
+)
 @click.pass_obj
-def snapshotter(obj: dict[str, Any], address: str, root: Path, config_file: Path | None) -> None:
+def snapshotter(
+    obj: dict[str, Any],
+    address: str,
+    root: Path,
+    config_file: Path | None,
+    metrics_address: str | None,
+) -> None:
     """Serve containerd's Snapshots API on SOCKET until SIGTERM/SIGINT.
 
     Configure containerd with `[proxy_plugins.imagefs] type = "snapshot"
@@ -489,9 +500,15 @@ def snapshotter(obj: dict[str, Any], address: str, root: Path, config_file: Path
 
     if config_file is not None:
         obj = {**obj, "config_file": config_file}
-    _config(obj)  # validate the configuration before listening
+    cfg = _config(obj)  # validate the configuration before listening
     # imagefs images: one lazy mount per image under ROOT/images, in its own process
-    mounts = ImageMounts(root.absolute() / "images", default_spawner(None, obj.get("config_file")))
+    images = root.absolute() / "images"
+    mounts = ImageMounts(images, default_spawner(None, obj.get("config_file")))
+    if metrics_address:
+        from fuse_mount.mount import query
+        from fuse_mount.snapshotter.metrics import serve_metrics
+
+        serve_metrics(metrics_address, images, lambda path: query(path, cfg))
     serve(address, root, remote=ImagefsRemoteLayers(mounts))
 
 

@@ -1,6 +1,7 @@
-"""The containerd Snapshots API stubs, generated at install time into `_gen/` by
-scripts/gen_protos.py (scripts/bootstrap runs it). They are imported here, through
-importlib, as untyped modules, so nothing else depends on generated code being typed."""
+"""The containerd API stubs (Snapshots; Images, Content and Leases for `imagefs pull`),
+generated at install time into `_gen/` by scripts/gen_protos.py (scripts/bootstrap runs it).
+They are imported here, through importlib, as untyped modules, so nothing else depends on
+generated code being typed."""
 
 from __future__ import annotations
 
@@ -40,6 +41,41 @@ def snapshots_pb2_grpc() -> Any:
 def mount_pb2() -> Any:
     """containerd.types.Mount."""
     return _load("types.mount_pb2")
+
+
+def descriptor_pb2() -> Any:
+    """containerd.types.Descriptor (an image's target)."""
+    return _load("types.descriptor_pb2")
+
+
+def images_pb2() -> Any:
+    """containerd.services.images.v1 messages (Image, CreateImageRequest, ...)."""
+    return _load("services.images.v1.images_pb2")
+
+
+def images_pb2_grpc() -> Any:
+    """containerd.services.images.v1 service glue (ImagesStub)."""
+    return _load("services.images.v1.images_pb2_grpc")
+
+
+def content_pb2() -> Any:
+    """containerd.services.content.v1 messages (WriteContentRequest, WriteAction, Info, ...)."""
+    return _load("services.content.v1.content_pb2")
+
+
+def content_pb2_grpc() -> Any:
+    """containerd.services.content.v1 service glue (ContentStub)."""
+    return _load("services.content.v1.content_pb2_grpc")
+
+
+def leases_pb2() -> Any:
+    """containerd.services.leases.v1 messages (CreateRequest, DeleteRequest)."""
+    return _load("services.leases.v1.leases_pb2")
+
+
+def leases_pb2_grpc() -> Any:
+    """containerd.services.leases.v1 service glue (LeasesStub)."""
+    return _load("services.leases.v1.leases_pb2_grpc")
 
 
 def empty_pb2() -> Any:

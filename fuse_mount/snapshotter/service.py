@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -56,6 +57,27 @@ def status_code(exc: BaseException) -> grpc.StatusCode:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class RpcStats:
+    """Calls, outcomes and time per RPC (for the metrics endpoint), thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.calls: dict[tuple[str, str], int] = {}
+        self.seconds: dict[str, float] = {}
+
+    def record(self, method: str, code: str, seconds: float) -> None:
+        with self._lock:
+            self.calls[(method, code)] = self.calls.get((method, code), 0) + 1
+            self.seconds[method] = self.seconds.get(method, 0.0) + seconds
+
+    def snapshot(self) -> tuple[dict[tuple[str, str], int], dict[str, float]]:
+        with self._lock:
+            return dict(self.calls), dict(self.seconds)
+
+
+RPC_STATS = RpcStats()
+
+
 def _rpc(method: F) -> F:
     """Log the call at debug level and turn exceptions into a gRPC status."""
     name = method.__name__
@@ -68,11 +90,14 @@ def _rpc(method: F) -> F:
             result = method(self, request, context)
         except ImagefsError as exc:
             code = status_code(exc)
+            RPC_STATS.record(name, code.name, time.monotonic() - start)
             log.debug("%s %s -> %s: %s", name, _brief(fields), code.name, exc)
             context.abort(code, str(exc))
         except Exception as exc:
+            RPC_STATS.record(name, "INTERNAL", time.monotonic() - start)
             log.exception("%s %s failed", name, _brief(fields))
             context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        RPC_STATS.record(name, "OK", time.monotonic() - start)
         log.debug("%s %s ok (%.1f ms)", name, _brief(fields), (time.monotonic() - start) * 1e3)
         return result
 
