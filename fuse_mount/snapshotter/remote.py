@@ -90,11 +90,12 @@ def remote_image(labels: Mapping[str, str]) -> str | None:
 
 
 def mount_healthy(path: Path) -> bool:
-    """Mounted and answering (a FUSE mount whose process died fails with ENOTCONN)."""
+    """Mounted and answering (a FUSE mount whose process died fails with ENOTCONN). statfs,
+    unlike stat, always reaches the serving process: attributes may be cached for a day."""
     if not is_mounted(path):
         return False
     try:
-        os.stat(path)
+        os.statvfs(path)
     except OSError as exc:
         if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO):
             return False

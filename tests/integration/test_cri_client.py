@@ -264,3 +264,36 @@ def test_containers_survive_a_snapshotter_crash(
         except Exception as exc:
             exc.add_note(_diagnose(lab))
             raise
+
+
+def test_a_crashed_image_mount_is_mounted_again(
+    lab: ContainerdLab, big_layout: Path, tmp_path: Path
+) -> None:
+    """kill -9 the process serving an image's lazy mount: the next container of the image
+    gets a fresh mount (the dead one is detected by ENOTCONN and detached)."""
+    ref = f"{lab.registry.host}/imagefs/busybox:remount"
+    _convert(big_layout, "big", ref, tmp_path)
+    log_dir = tmp_path / "pod-logs"
+    with CriClient(lab.address) as cri:
+        try:
+            cri.pull(ref)
+            with cri.pod("imagefs-remount", log_dir) as pod_id:
+                first = cri.create(pod_id, None, "first", ref, ["cat", "/etc/hello.txt"], "1.log")
+                cri.start(first)
+                assert cri.wait_exit(first, timeout_s=60) == 0
+                dead = _image_mount_stats(lab)["pid"]
+                os.kill(dead, signal.SIGKILL)
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline and Path(f"/proc/{dead}").exists():
+                    time.sleep(0.05)
+                second = cri.create(pod_id, None, "second", ref, ["cat", "/etc/hello.txt"], "2.log")
+                cri.start(second)
+                assert cri.wait_exit(second, timeout_s=60) == 0
+                assert cri.logs(log_dir / "2.log") == HELLO
+                assert _image_mount_stats(lab)["pid"] != dead  # a new mount process
+                for ctr in (first, second):
+                    cri.stop_container(ctr)
+                    cri.remove_container(ctr)
+        except Exception as exc:
+            exc.add_note(_diagnose(lab))
+            raise
