@@ -230,6 +230,17 @@ def test_cri_runs_an_imagefs_image_lazily(
     # far less than the image: busybox and the file, not the 24 MiB nobody read
     assert 0 < stats["bytes_fetched"] < converted["bytes_stored"] / 8, stats
 
+    # removing the image lets containerd's GC remove its snapshots: the mount goes too
+    with CriClient(lab.address) as cri:
+        cri.remove_image(ref)
+    lab.ctr("-n", "k8s.io", "leases", "ls")  # (any call; GC runs asynchronously)
+    images = lab.snapshotter.root / "images"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(p.is_mount() for p in images.iterdir()):
+        time.sleep(0.2)
+    assert not any(p.is_mount() for p in images.iterdir()), list(images.iterdir())
+    assert not [s for s in lab.snapshotter.snapshots() if s.labels.get(LABEL_REMOTE_KIND)]
+
 
 def test_containers_survive_a_snapshotter_crash(
     lab: ContainerdLab, big_layout: Path, tmp_path: Path
