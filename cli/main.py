@@ -513,6 +513,93 @@ def snapshotter(
 
 
 # ---------------------------------------------------------------------------------------------
+# pull
+
+
+@cli.command()
+@click.argument("reference")
+@click.option(
+    "--address",
+    required=True,
+    envvar="CONTAINERD_ADDRESS",
+    metavar="SOCKET",
+    help="containerd's gRPC socket (PATH or unix://PATH; or $CONTAINERD_ADDRESS).",
+)
+@click.option(
+    "--namespace",
+    default="default",
+    show_default=True,
+    envvar="CONTAINERD_NAMESPACE",
+    help="containerd namespace (or $CONTAINERD_NAMESPACE).",
+)
+@click.option(
+    "--snapshotter",
+    "snapshotter_name",
+    default="imagefs",
+    show_default=True,
+    help="Name of the imagefs snapshotter's proxy plugin in containerd's config.",
+)
+@_creds_option("--creds", "IMAGEFS_CREDS", "the registry")
+@_platform_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_obj
+def pull(
+    obj: dict[str, Any],
+    reference: str,
+    address: str,
+    namespace: str,
+    snapshotter_name: str,
+    creds: str | None,
+    platform: str | None,
+    as_json: bool,
+) -> None:
+    """Make imagefs image REFERENCE runnable by containerd, fetching no layer.
+
+    Like `ctr-remote image rpull`: the manifest and config go into containerd's content
+    store, every layer becomes a snapshot the imagefs snapshotter provides lazily, and the
+    image is recorded, so `ctr run --snapshotter imagefs REFERENCE ID` works. REFERENCE:
+    [docker://]HOST/REPO[:TAG|@DIGEST] of an image made by `imagefs convert`.
+    """
+    from fuse_mount.snapshotter.pull import ContainerdClient, pull_image
+    from registry.store import is_registry_ref, open_registry_store
+
+    if not is_registry_ref(reference):
+        raise UsageError(f"{reference} is not a registry reference (HOST/REPO[:TAG|@DIGEST])")
+    cfg = _config(obj)
+    store = open_registry_store(reference, cfg, _creds(creds))
+    try:
+        with ContainerdClient(address, namespace) as client:
+            result = pull_image(
+                reference, store, client, snapshotter_name, platform=_platform(platform)
+            )
+    finally:
+        store.close()
+    data = {
+        "image": result.image,
+        "manifest_digest": result.manifest_digest,
+        "config_digest": result.config_digest,
+        "chain_id": result.chain_id,
+        "namespace": namespace,
+        "snapshotter": snapshotter_name,
+        "created": result.created,
+        "layers": [
+            {"digest": layer.digest, "chain_id": layer.chain_id, "status": layer.status}
+            for layer in result.layers
+        ],
+        "seconds": round(result.seconds, 3),
+    }
+    _emit(
+        as_json,
+        data,
+        lambda: click.echo(
+            f"{result.image} {result.manifest_digest}\n  {len(result.layers)} layer(s) "
+            f"provided by snapshotter {snapshotter_name} (no layer fetched), "
+            f"namespace {namespace}, {result.seconds:.2f}s"
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # cache
 
 

@@ -1,4 +1,4 @@
-"""Generate the containerd Snapshots API stubs (protobuf + grpc) for fuse_mount/snapshotter.
+"""Generate the containerd API stubs (protobuf + grpc) for fuse_mount/snapshotter.
 
 The `.proto` files come from Debian's golang-github-containerd-containerd-dev (containerd
 1.6.20, the version Debian runs). gogoproto options are stripped (they only steer Go code)
@@ -27,8 +27,19 @@ STAGE_PREFIX = "fuse_mount/snapshotter/_gen"
 API = Path("/usr/share/gocode/src/github.com/containerd/containerd/api")
 SOURCES = {
     "containerd/types/mount.proto": API / "types" / "mount.proto",
+    "containerd/types/descriptor.proto": API / "types" / "descriptor.proto",
     "containerd/services/snapshots/v1/snapshots.proto": (
         API / "services" / "snapshots" / "v1" / "snapshots.proto"
+    ),
+    # for `imagefs pull`: the image record, its manifest and config blobs, and a lease
+    "containerd/services/images/v1/images.proto": (
+        API / "services" / "images" / "v1" / "images.proto"
+    ),
+    "containerd/services/content/v1/content.proto": (
+        API / "services" / "content" / "v1" / "content.proto"
+    ),
+    "containerd/services/leases/v1/leases.proto": (
+        API / "services" / "leases" / "v1" / "leases.proto"
     ),
 }
 STAMP = OUT / ".stamp"

@@ -51,3 +51,30 @@ def test_a_config_that_does_not_match_is_a_format_error() -> None:
         pull_plan("r/x:1", Digest.of(b"m"), manifest, b'{"rootfs": {"diff_ids": []}}')
     with pytest.raises(FormatError):
         pull_plan("r/x:1", Digest.of(b"m"), manifest, b"not json")
+
+
+def test_a_nonce_makes_the_active_keys_unique_to_one_pull() -> None:
+    boot = bootstrap_descriptor(b"b")
+    config = json.dumps({"rootfs": {"diff_ids": [str(boot.digest)]}}).encode()
+    config_desc = Descriptor("application/vnd.oci.image.config.v1+json", Digest.of(config), 9)
+    manifest = build_manifest(config_desc, [], boot, subject=None)
+    (plain,) = pull_plan("r/x:1", Digest.of(b"m"), manifest, config)
+    (salted,) = pull_plan("r/x:1", Digest.of(b"m"), manifest, config, nonce="42")
+    assert plain.key == f"extract-0 {boot.digest}"
+    assert salted.key == f"extract-42-0 {boot.digest}"
+    assert salted.labels == plain.labels
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        ("127.0.0.1:5000/imagefs/busybox:pulled", "127.0.0.1:5000/imagefs/busybox:pulled"),
+        ("docker://127.0.0.1:5000/a/b", "127.0.0.1:5000/a/b:latest"),
+        ("busybox", "docker.io/library/busybox:latest"),
+    ],
+)
+def test_containerd_image_names(text: str, name: str) -> None:
+    from fuse_mount.snapshotter.pull import containerd_image_name
+    from registry.reference import parse_reference
+
+    assert containerd_image_name(parse_reference(text)) == name
