@@ -8,7 +8,7 @@ VENV := .venv
 BIN  := $(VENV)/bin
 PY   := $(BIN)/python
 
-.PHONY: bootstrap demo test check format bench bench-lazy bench-dedup clean distclean
+.PHONY: bootstrap demo test check format bench bench-lazy bench-dedup bench-containerd clean distclean
 
 bootstrap:
 	./scripts/bootstrap
@@ -39,6 +39,9 @@ bench-lazy: bootstrap
 
 bench-dedup: bootstrap
 	$(PY) bench/dedup.py
+
+bench-containerd: bootstrap
+	$(PY) bench/containerd.py --link both --repeat 3
 
 clean:
 	rm -rf build dist .mypy_cache .ruff_cache .pytest_cache .hypothesis .import_linter_cache bench/out demo-out
