@@ -8,7 +8,7 @@ VENV := .venv
 BIN  := $(VENV)/bin
 PY   := $(BIN)/python
 
-.PHONY: bootstrap demo test check format bench bench-lazy bench-dedup bench-containerd clean distclean
+.PHONY: bootstrap demo test check format bench bench-lazy bench-dedup bench-containerd reliability clean distclean
 
 bootstrap:
 	./scripts/bootstrap
@@ -39,6 +39,9 @@ bench-lazy: bootstrap
 
 bench-dedup: bootstrap
 	$(PY) bench/dedup.py
+
+reliability: bootstrap
+	$(PY) scripts/reliability_report.py
 
 bench-containerd: bootstrap
 	$(PY) bench/containerd.py --link both --repeat 3

@@ -29,6 +29,73 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
+# --------------------------------------------------------------------------- reliability
+# Tests marked `reliability(area, case, expected)` are the rows of docs/RELIABILITY.md. With
+# IMAGEFS_RELIABILITY_OUT set, each one's outcome and the figures it recorded through the
+# `reliability` fixture are appended there as JSON lines (scripts/reliability_report.py).
+
+
+@dataclass
+class Reliability:
+    """Figures a reliability test reports: inputs tried, faults survived, bytes lost."""
+
+    figures: dict[str, int] = field(default_factory=dict)
+
+    def record(self, **figures: int) -> None:
+        for key, value in figures.items():
+            self.figures[key] = self.figures.get(key, 0) + value
+
+
+@pytest.fixture
+def reliability(request: pytest.FixtureRequest) -> Iterator[Reliability]:
+    rel = Reliability()
+    yield rel
+    request.node.user_properties.append(("reliability", rel.figures))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    out = os.environ.get("IMAGEFS_RELIABILITY_OUT")
+    if not out or report.when not in ("setup", "call", "teardown"):
+        return
+    if report.when != "call" and report.passed:
+        return  # setup/teardown only matter when they fail
+    rows = _RELIABILITY_ROWS.get(report.nodeid)
+    if rows is None:
+        return
+    figures: dict[str, int] = {}
+    for key, value in report.user_properties:
+        if key == "reliability" and isinstance(value, dict):
+            figures.update(value)
+    with open(out, "a", encoding="utf-8") as f:
+        for area, case, expected in rows:
+            f.write(
+                json.dumps(
+                    {
+                        "test": report.nodeid,
+                        "area": area,
+                        "case": case,
+                        "expected": expected,
+                        "outcome": report.outcome,
+                        "when": report.when,
+                        "seconds": round(report.duration, 3),
+                        "figures": figures,
+                    }
+                )
+                + "\n"
+            )
+
+
+_RELIABILITY_ROWS: dict[str, list[tuple[str, str, str]]] = {}
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    for item in session.items:
+        rows = [tuple(m.args) for m in item.iter_markers("reliability")]
+        if rows:
+            _RELIABILITY_ROWS[item.nodeid] = [(str(a), str(c), str(e)) for a, c, e in rows]
+
+
 @pytest.fixture(autouse=True)
 def _integration_requirements(request: pytest.FixtureRequest) -> None:
     """Integration tests need root, /dev/fuse and the Debian tools: fail loudly without."""

@@ -242,6 +242,11 @@ def test_cri_runs_an_imagefs_image_lazily(
     assert not [s for s in lab.snapshotter.snapshots() if s.labels.get(LABEL_REMOTE_KIND)]
 
 
+@pytest.mark.reliability(
+    "crash",
+    "kill -9 of the snapshotter while a container runs",
+    "the container keeps reading; after a restart a new container starts",
+)
 def test_containers_survive_a_snapshotter_crash(
     lab: ContainerdLab, big_layout: Path, tmp_path: Path
 ) -> None:
@@ -277,6 +282,9 @@ def test_containers_survive_a_snapshotter_crash(
             raise
 
 
+@pytest.mark.reliability(
+    "crash", "kill -9 of an image's mount process", "the next container gets a fresh mount"
+)
 def test_a_crashed_image_mount_is_mounted_again(
     lab: ContainerdLab, big_layout: Path, tmp_path: Path
 ) -> None:

@@ -91,6 +91,9 @@ def test_cold_reads_fetch_a_fraction_of_the_image(
     assert stats["bytes_fetched"] < total / 4
 
 
+@pytest.mark.reliability(
+    "fault", "a proxy or registry that ignores Range (answers 200)", "correct bytes, sliced"
+)
 def test_range_fallback_through_a_proxy_that_drops_range(
     images: dict[str, str], registry: RunningRegistry, imagefs_env: Env, mount_image: Mounter
 ) -> None:
@@ -113,6 +116,9 @@ def test_range_fallback_through_a_proxy_that_drops_range(
     assert all("http.response.status=200" in line for line in served)
 
 
+@pytest.mark.reliability(
+    "fault", "503 with Retry-After, twice", "retried after the delay; correct bytes"
+)
 def test_reads_retry_a_busy_registry_honouring_retry_after(
     images: dict[str, str], imagefs_env: Env, mount_image: Mounter
 ) -> None:

@@ -55,6 +55,9 @@ def _bounded(env: Env) -> None:
     env.extra["IMAGEFS_REGISTRY_RETRIES"] = "2"
 
 
+@pytest.mark.reliability(
+    "fault", "registry down when mounting", "one-line error, non-zero exit, nothing mounted"
+)
 def test_registry_down_at_mount_time_is_one_clear_line(imagefs_env: Env, tmp_path: Path) -> None:
     _bounded(imagefs_env)
     mnt = tmp_path / "mnt"
@@ -70,6 +73,11 @@ def test_registry_down_at_mount_time_is_one_clear_line(imagefs_env: Env, tmp_pat
     assert not any(mnt.iterdir())
 
 
+@pytest.mark.reliability(
+    "fault",
+    "registry gone in the middle of reads, then back",
+    "EIO within registry_timeout_s + 5 s; cached files still read; reads recover",
+)
 def test_registry_gone_mid_read_gives_eio_then_recovers(
     imagefs_env: Env, mount_image: Mounter, tmp_path: Path, data_dir: Path
 ) -> None:
@@ -91,6 +99,11 @@ def test_registry_gone_mid_read_gives_eio_then_recovers(
         assert (m.path / "data/f2.bin").read_bytes() == FILES["data/f2.bin"]
 
 
+@pytest.mark.reliability(
+    "fault",
+    "a blob whose bytes do not match (one byte flipped in the registry's storage)",
+    "refetched once, then EIO; never wrong bytes; nothing unverified cached",
+)
 def test_corrupt_blob_is_refetched_once_then_eio(
     imagefs_env: Env, mount_image: Mounter, tmp_path: Path
 ) -> None:
