@@ -359,6 +359,8 @@ def _open(
     help="Node-wide chunk cache directory (default /var/lib/imagefs/cache).",
 )
 @click.option("--allow-other", is_flag=True, help="Let other users see the mount.")
+@click.option("--suid", is_flag=True, help="Honour set-user-ID bits (default: nosuid).")
+@click.option("--dev", is_flag=True, help="Honour device files (default: nodev).")
 @click.option(
     "--record-access",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -374,6 +376,8 @@ def mount(
     foreground: bool,
     cache_dir: Path | None,
     allow_other: bool,
+    suid: bool,
+    dev: bool,
     record_access: Path | None,
     creds: str | None,
     platform: str | None,
@@ -407,6 +411,8 @@ def mount(
                 allow_other=allow_other,
                 describe=image,
                 record_access=record_access,
+                suid=suid,
+                dev=dev,
             )
 
     if foreground:

@@ -172,6 +172,8 @@ def serve(
     allow_other: bool = False,
     describe: str = "",
     record_access: Path | None = None,
+    suid: bool = False,
+    dev: bool = False,
 ) -> None:
     """Mount `opened` at `mountpoint` and serve until unmounted (blocks).
 
@@ -241,6 +243,12 @@ def serve(
     }
     if allow_other:
         options["allow_other"] = True
+    # set-user-ID bits and device files of an image only take effect when asked for (the
+    # snapshotter does: containers need them); the kernel default for FUSE is nosuid,nodev
+    if suid:
+        options["suid"] = True
+    if dev:
+        options["dev"] = True
     try:
         mfusepy.FUSE(ops, str(mountpoint), **options)
     except RuntimeError as exc:

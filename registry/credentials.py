@@ -6,6 +6,8 @@ inline `auths` entry; the config's `credsStore` program. The pure parts (`parse_
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
 import subprocess
 from collections.abc import Mapping
@@ -16,6 +18,7 @@ from imagefs.errors import ConfigError, UsageError
 from registry.auth import Credentials, credentials_from_docker_config
 from registry.reference import DOCKER_HUB_ALIASES
 
+log = logging.getLogger(__name__)
 HELPER_TIMEOUT_S = 30.0
 DOCKER_HUB_SERVER = "https://index.docker.io/v1/"  # the key docker uses for Docker Hub
 
@@ -102,11 +105,18 @@ def run_helper(helper: str, registry: str) -> Credentials | None:
     return parse_helper_output(proc.stdout, helper)
 
 
+def unsafe_permissions(mode: int) -> bool:
+    """A credentials file others may read (group or world bits set)."""
+    return bool(mode & 0o077)
+
+
 def load_docker_config(path: str) -> Mapping[str, Any]:
-    """The parsed docker config.json, or {} when there is none."""
+    """The parsed docker config.json, or {} when there is none. A config holding inline
+    credentials that other users can read is used, with a warning (docker writes 0600)."""
     if not path:
         return {}
     try:
+        mode = os.stat(path).st_mode
         doc = json.loads(Path(path).read_bytes())
     except FileNotFoundError:
         return {}
@@ -114,6 +124,13 @@ def load_docker_config(path: str) -> Mapping[str, Any]:
         raise ConfigError(f"docker config {path}: {exc}") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"docker config {path} is not a JSON object")
+    if unsafe_permissions(mode) and isinstance(doc.get("auths"), dict) and doc["auths"]:
+        log.warning(
+            "docker config %s holds credentials and is readable by other users (mode %o); "
+            "chmod 600 it",
+            path,
+            mode & 0o777,
+        )
     return doc
 
 

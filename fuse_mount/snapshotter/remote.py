@@ -104,6 +104,8 @@ def mount_healthy(path: Path) -> bool:
 
 
 Spawner = Callable[[str, Path], None]
+# what the snapshotter asks of its mounts (a developer's `imagefs mount` gets none of it)
+SNAPSHOTTER_MOUNT_ARGS = ("--allow-other", "--suid", "--dev")
 
 
 def spawn_mount(
@@ -134,12 +136,13 @@ def spawn_mount(
 def default_spawner(
     env: Mapping[str, str] | None = None, config_file: Path | None = None
 ) -> Spawner:
-    """`imagefs mount --allow-other` (container processes may run as any user) with this
-    interpreter, the snapshotter's config file and environment."""
+    """`imagefs mount --allow-other --suid --dev` (container processes may run as any user
+    and need their image's set-user-ID programs and device files) with this interpreter,
+    the snapshotter's config file and environment."""
     prefix = [sys.executable, "-m", "cli.main"]
     if config_file is not None:
         prefix += ["--config", str(config_file)]
-    return spawn_mount(prefix, env, mount_args=("--allow-other",))
+    return spawn_mount(prefix, env, mount_args=SNAPSHOTTER_MOUNT_ARGS)
 
 
 class ImageMounts:
