@@ -9,6 +9,7 @@ one blob into few range reads, decodes and verifies every chunk before anyone se
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import struct
 import threading
@@ -37,6 +38,8 @@ from imagefs.format import (
     decode_blob_footer,
     decode_blob_table,
 )
+
+log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------
 # Protocols
@@ -754,6 +757,7 @@ class TieredChunkCache:
     def __init__(self, first: ChunkCache, second: ChunkCache) -> None:
         self._first = first
         self._second = second
+        self.put_failures = 0
 
     def get(self, digest: ChunkDigest) -> bytes | None:
         data = self._first.get(digest)
@@ -764,8 +768,15 @@ class TieredChunkCache:
         return data
 
     def put(self, digest: ChunkDigest, data: bytes) -> None:
+        """A node cache that cannot take the chunk (its disk is full, say) does not fail
+        the read: the verified bytes are served without being kept there."""
         self._first.put(digest, data)
-        self._second.put(digest, data)
+        try:
+            self._second.put(digest, data)
+        except CacheError as exc:
+            self.put_failures += 1
+            if self.put_failures in (1, 100, 10_000):
+                log.warning("chunk cache: %s (%d chunk(s) not cached)", exc, self.put_failures)
 
 
 # ---------------------------------------------------------------------------------------------
