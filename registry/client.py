@@ -18,7 +18,7 @@ import io
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, BinaryIO
@@ -292,10 +292,13 @@ class RegistryClient:
         with self._checked(
             "GET", url, repository, PULL, what, headers=headers, stream=True
         ) as resp:
+            # a total deadline for the body: a server that trickles bytes (never silent
+            # for a whole read timeout) must not hold a read for ever
+            deadline = time.monotonic() + self.timeout_s
             if resp.status_code == 206:
-                data = self._read_body(resp, what, limit=length)
+                data = self._read_body(resp, what, limit=length, deadline=deadline)
             else:  # 200: the server ignored Range; skip to offset and slice
-                data = self._slice_stream(resp, offset, length, what)
+                data = self._slice_stream(resp, offset, length, what, deadline=deadline)
         if len(data) != length:
             raise IntegrityError(f"{what}: got {len(data)} bytes; the blob is shorter")
         return data
@@ -668,11 +671,36 @@ class RegistryClient:
                 method, data = "GET", None
         raise RegistryError(f"{self.registry} redirected more than {MAX_REDIRECTS} times")
 
-    def _read_body(self, resp: requests.Response, what: str, limit: int | None = None) -> bytes:
+    def _pieces(
+        self, resp: requests.Response, what: str, deadline: float | None
+    ) -> Iterator[bytes]:
+        """The body in pieces; with a `deadline`, as they arrive (each read waits at most
+        the timeout) and a `RegistryError` once the deadline has passed."""
+        if deadline is None:
+            yield from resp.iter_content(chunk_size=1 << 16)
+            return
+        while True:
+            try:
+                piece = resp.raw.read1(1 << 16, decode_content=True)
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise RegistryError(f"{what}: transfer failed ({type(exc).__name__})") from None
+            if not piece:
+                return
+            yield piece
+            if time.monotonic() > deadline:
+                raise RegistryError(f"{what}: transfer too slow (not done in {self.timeout_s:g}s)")
+
+    def _read_body(
+        self,
+        resp: requests.Response,
+        what: str,
+        limit: int | None = None,
+        deadline: float | None = None,
+    ) -> bytes:
         chunks = []
         total = 0
         try:
-            for chunk in resp.iter_content(chunk_size=1 << 16):
+            for chunk in self._pieces(resp, what, deadline):
                 chunks.append(chunk)
                 total += len(chunk)
                 if limit is not None and total > limit:
@@ -683,9 +711,16 @@ class RegistryClient:
             self.stats.bytes_read += total
         return b"".join(chunks)
 
-    def _slice_stream(self, resp: requests.Response, offset: int, length: int, what: str) -> bytes:
+    def _slice_stream(
+        self,
+        resp: requests.Response,
+        offset: int,
+        length: int,
+        what: str,
+        deadline: float | None = None,
+    ) -> bytes:
         try:
-            data, consumed = slice_chunks(resp.iter_content(chunk_size=1 << 16), offset, length)
+            data, consumed = slice_chunks(self._pieces(resp, what, deadline), offset, length)
         except requests.RequestException as exc:
             raise RegistryError(f"{what}: transfer failed ({type(exc).__name__})") from None
         with self._lock:
