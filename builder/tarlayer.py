@@ -9,10 +9,10 @@ decompressed stream; library errors become one-line `SourceError`s naming the la
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import gzip
 import hashlib
+import math
 import queue
 import re
 import tarfile
@@ -303,7 +303,7 @@ def stream_error(exc: BaseException, layer: str) -> SourceError:
 
 def _pax_time_ns(text: str) -> int | None:
     m = _PAX_TIME.fullmatch(text.strip())
-    if m is None:
+    if m is None or len(m[2]) > 20:  # beyond any time_t (and int()'s 4300-digit limit)
         return None
     ns = int(m[2]) * 1_000_000_000 + int((m[3] or "")[:9].ljust(9, "0"))
     return -ns if m[1] else ns
@@ -321,7 +321,7 @@ def _xattrs(info: tarfile.TarInfo, name: bytes) -> tuple[tuple[bytes, bytes], ..
             attr = urllib.parse.unquote_to_bytes(key[len(_XATTR_LIBARCHIVE) :])
             try:
                 out[attr] = base64.b64decode(value + "=" * (-len(value) % 4), validate=True)
-            except binascii.Error:
+            except ValueError:  # binascii.Error, or a value that is not ASCII
                 raise SourceError(f"entry {show(name)} has a malformed xattr {key!r}") from None
         else:
             continue
@@ -339,6 +339,8 @@ def entry_from_tarinfo(info: tarfile.TarInfo, layer: str = "layer") -> Entry | N
     if "mtime" in info.pax_headers:
         mtime_ns = _pax_time_ns(info.pax_headers["mtime"])
     if mtime_ns is None:
+        if not math.isfinite(info.mtime):  # a PAX mtime of nan, inf or 1e400
+            raise SourceError(f"{layer}: entry {show(raw_name)} has an invalid mtime")
         mtime_ns = int(info.mtime) * 1_000_000_000
     return make_entry(
         layer,
@@ -619,6 +621,8 @@ def read_tar(stream: TarStream, layer: str = "layer") -> Iterator[Member]:
                     info = tarfile.TarInfo.fromtarfile(cast(tarfile.TarFile, shim))
                 except _END_OF_ARCHIVE:
                     return
+                except (ValueError, OverflowError) as exc:  # e.g. GNU.sparse.map=nan
+                    raise SourceError(f"{layer}: corrupt tar header: {exc}") from None
                 entry = entry_from_tarinfo(info, layer)
                 start, size = info.offset_data, info.size
                 sparse = cast(list[tuple[int, int]] | None, info.sparse)
@@ -653,7 +657,8 @@ def read_layer(
             raise stream_error(exc, layer) from None
         prefetch = Prefetcher(_decompressor(source, kind), layer)
         yield from read_tar(prefetch, layer)
-        prefetch.read()  # the tar's end padding; drives the decompressor to its end
+        while prefetch.read(1 << 20):  # the tar's end padding; drives the decompressor to
+            pass  # its end, a block at a time (the padding may be any size)
         prefetch.close()
         try:
             source.read_rest()

@@ -584,9 +584,12 @@ class Bootstrap:
             raise FormatError(f"inode {index} does not exist")
         return _INODE.unpack_from(self.sections[Section.INODES], index * _INODE.size)
 
-    def _string(self, offset: int, length: int) -> bytes:
+    def _check_string(self, offset: int, length: int) -> None:
         if offset + length > self.strings_size:
             raise FormatError("bootstrap string reference lies outside the string heap")
+
+    def _string(self, offset: int, length: int) -> bytes:
+        self._check_string(offset, length)
         return bytes(self.sections[Section.STRINGS][offset : offset + length])
 
     def inode(self, index: int) -> Inode:
@@ -650,17 +653,20 @@ class Bootstrap:
         offset, length = self._extent(index, stat.S_IFLNK)
         return self._string(offset, length)
 
-    def xattrs(self, index: int) -> list[tuple[bytes, bytes]]:
+    def _xattr_records(self, index: int) -> Iterator[tuple[int, int, int, int]]:
         t = self._inode_tuple(index)
         first, count = t[11], t[12]
         section = self.sections[Section.XATTRS]
         if (first + count) * _XATTR.size > len(section):
             raise FormatError(f"inode {index} points outside the xattr table")
-        out = []
         for at in range(first, first + count):
-            ko, kl, vo, vl = _XATTR.unpack_from(section, at * _XATTR.size)
-            out.append((self._string(ko, kl), self._string(vo, vl)))
-        return out
+            yield _XATTR.unpack_from(section, at * _XATTR.size)
+
+    def xattrs(self, index: int) -> list[tuple[bytes, bytes]]:
+        return [
+            (self._string(ko, kl), self._string(vo, vl))
+            for ko, kl, vo, vl in self._xattr_records(index)
+        ]
 
     # -- file data ---------------------------------------------------------------------------
 
@@ -710,6 +716,21 @@ class Bootstrap:
         Also checks the directory graph is a tree: each directory other than the root is
         named by exactly one entry, in the directory its `parent` field names (so a walk
         from the root terminates)."""
+        # The encoder gives every directory, file and xattr list its own run of records: a
+        # crafted bootstrap whose inodes share runs would make the walk below quadratic.
+        runs = {stat.S_IFDIR: 0, stat.S_IFREG: 0, 0: 0}
+        for index in range(self.inode_count):
+            t = self._inode_tuple(index)
+            kind = stat.S_IFMT(t[0])
+            if kind in runs:
+                runs[kind] += t[10]
+            runs[0] += t[12]
+        if (
+            runs[stat.S_IFDIR] * _DIRENT.size > len(self.sections[Section.DIRENTS])
+            or runs[stat.S_IFREG] > len(self.refs)
+            or runs[0] * _XATTR.size > len(self.sections[Section.XATTRS])
+        ):
+            raise FormatError("bootstrap inodes share directory, chunk or xattr records")
         blob_sizes = {b.digest: b.size for b in self.blobs}
         for c in range(self.chunk_count):
             ref = self.chunk(c)
@@ -718,7 +739,11 @@ class Bootstrap:
         named_dirs: set[int] = set()
         for index in range(self.inode_count):
             node = self.inode(index)
-            self.xattrs(index)
+            # check string ranges without copying them: strings are shared, so copying
+            # each inode's would cost inodes x heap on a crafted bootstrap
+            for ko, kl, vo, vl in self._xattr_records(index):
+                self._check_string(ko, kl)
+                self._check_string(vo, vl)
             if node.is_dir:
                 previous = None
                 for name, child in self.entries(index):
@@ -730,7 +755,7 @@ class Bootstrap:
                             raise FormatError(f"directory inode {child} is linked twice")
                         named_dirs.add(child)
             elif node.is_symlink:
-                self.symlink_target(index)
+                self._check_string(*self._extent(index, stat.S_IFLNK))
             elif node.is_reg:
                 total = 0
                 first, count = self.file_extent(index)
@@ -754,12 +779,18 @@ def compress_bootstrap(raw: bytes) -> bytes:
 
 
 MAX_BOOTSTRAP_SIZE = 4 * 1024 * 1024 * 1024
+_ZSTD_MAX_RATIO = 128 * 1024 // 3 + 1  # output bytes per input byte a zstd frame can reach
 
 
 def decompress_bootstrap(stored: bytes) -> bytes:
     try:
         params = zstandard.get_frame_parameters(stored)
         if params.content_size > MAX_BOOTSTRAP_SIZE:
+            raise FormatError("bootstrap claims an impossible size")
+        # decompress() allocates the claimed size up front: refuse a claim the input cannot
+        # hold (a zstd block has a 3-byte header and decodes to at most 128 KiB), so that a
+        # 10-byte frame cannot make us allocate 4 GiB.
+        if params.content_size > len(stored) * _ZSTD_MAX_RATIO:
             raise FormatError("bootstrap claims an impossible size")
         return zstandard.ZstdDecompressor().decompress(stored, max_output_size=MAX_BOOTSTRAP_SIZE)
     except zstandard.ZstdError as exc:

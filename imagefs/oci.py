@@ -46,10 +46,10 @@ def canonical_json(value: Any) -> bytes:
 def parse_json(data: bytes, what: str) -> dict[str, Any]:
     try:
         value = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"{what} is not valid JSON: {exc}") from None
     except RecursionError:
         raise FormatError(f"{what} is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a > 4300-digit integer
+        raise FormatError(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise FormatError(f"{what} is not a JSON object")
     return value
@@ -121,6 +121,8 @@ class Manifest:
     def parse(cls, data: bytes, media_type: str | None = None) -> Manifest:
         doc = parse_json(data, "manifest")
         mt = doc.get("mediaType") or media_type or MEDIA_TYPE_OCI_MANIFEST
+        if not isinstance(mt, str):
+            raise FormatError("manifest mediaType is not a string")
         if mt not in MANIFEST_TYPES:
             raise FormatError(f"not an image manifest: media type {mt}")
         if doc.get("schemaVersion") != 2:

@@ -11,7 +11,7 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,24 @@ from imagefs.errors import FormatError, TargetError, UnsafePathError
 from imagefs.view import ROOT_INO, FileSystemView
 
 READ_PIECE = 4 << 20
+MAX_OPEN_DIRS = 64  # directory descriptors held at once, however deep the tree
+
+
+@dataclass(eq=False, slots=True)
+class _Dir:
+    """A directory being written: its inode, root-relative path (with a trailing "/"), open
+    descriptor (-1 while closed), (st_dev, st_ino), and the entries still to create."""
+
+    ino: int
+    rel: bytes
+    fd: int
+    ident: tuple[int, int]
+    children: Iterator[tuple[bytes, int]]
+
+
+def _ident(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,59 +87,103 @@ class _Unpacker:
                     raise
         os.utime(target, ns=(a.mtime_ns, a.mtime_ns), **kw)  # type: ignore[arg-type]
 
-    def directory(self, ino: int, dir_fd: int, rel: bytes) -> None:
-        for name, child in self.view.readdir(ino):
-            _check_name(name)
-            self.entries += 1
-            path = rel + name
-            a = self.view.getattr(child)
-            kind = stat.S_IFMT(a.mode)
-            if kind == stat.S_IFDIR:
-                os.mkdir(name, 0o700, dir_fd=dir_fd)
-                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
-                try:
-                    self.directory(child, fd, path + b"/")
-                    self._meta(fd, None, child)
-                finally:
-                    os.close(fd)
-            elif kind == stat.S_IFREG:
-                first = self.links.get(child)
-                if first is not None:
-                    os.link(
-                        first,
-                        name,
-                        src_dir_fd=self.root_fd,
-                        dst_dir_fd=dir_fd,
-                        follow_symlinks=False,
-                    )
+    def tree(self) -> None:
+        """Write the whole tree, iteratively: no nesting depth can exhaust the interpreter's
+        stack, and at most MAX_OPEN_DIRS directory descriptors are open at once (an ancestor
+        closed on the way down is reopened through `..` of its child on the way back up, and
+        must be the directory this unpack created there)."""
+        root = _Dir(ROOT_INO, b"", self.root_fd, _ident(self.root_fd), self.view.readdir(ROOT_INO))
+        stack = [root]
+        try:
+            while stack:
+                top = stack[-1]
+                item = next(top.children, None)
+                if item is None:
+                    stack.pop()
+                    self._meta(top.fd, None, top.ino)
+                    if stack and stack[-1].fd < 0:
+                        self._reopen(stack[-1], top.fd)
+                    if top.fd != self.root_fd:
+                        os.close(top.fd)
+                    top.fd = -1
                     continue
-                if a.nlink > 1:
-                    self.links[child] = path
-                fd = os.open(
-                    name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd
+                name, child = item
+                sub = self.entry(top, name, child)
+                if sub is not None:
+                    stack.append(sub)
+                    if len(stack) > MAX_OPEN_DIRS + 1:
+                        old = stack[-MAX_OPEN_DIRS - 1]
+                        if old.fd >= 0 and old.fd != self.root_fd:
+                            os.close(old.fd)
+                            old.fd = -1
+        finally:
+            for d in stack:
+                if d.fd >= 0 and d.fd != self.root_fd:
+                    os.close(d.fd)
+
+    @staticmethod
+    def _reopen(parent: _Dir, child_fd: int) -> None:
+        fd = os.open(b"..", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=child_fd)
+        if _ident(fd) != parent.ident:
+            os.close(fd)
+            raise TargetError(f"directory {parent.rel!r} was moved during unpack")
+        parent.fd = fd
+
+    def entry(self, parent: _Dir, name: bytes, child: int) -> _Dir | None:
+        """Create one entry in `parent`; a directory is returned open, for its children."""
+        _check_name(name)
+        dir_fd = parent.fd
+        self.entries += 1
+        path = parent.rel + name
+        a = self.view.getattr(child)
+        kind = stat.S_IFMT(a.mode)
+        if kind == stat.S_IFDIR:
+            os.mkdir(name, 0o700, dir_fd=dir_fd)
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+            try:
+                return _Dir(child, path + b"/", fd, _ident(fd), self.view.readdir(child))
+            except BaseException:
+                os.close(fd)
+                raise
+        if kind == stat.S_IFREG:
+            first = self.links.get(child)
+            if first is not None:
+                os.link(
+                    first,
+                    name,
+                    src_dir_fd=self.root_fd,
+                    dst_dir_fd=dir_fd,
+                    follow_symlinks=False,
                 )
-                try:
-                    offset = 0
-                    while offset < a.size:
-                        data = self.view.read(child, offset, READ_PIECE)
-                        if not data:
-                            raise FormatError(f"file {path!r} is shorter than its size")
-                        os.write(fd, data)
-                        offset += len(data)
-                        self.bytes += len(data)
-                        if self.progress:
-                            self.progress(len(data))
-                    self._meta(fd, None, child)
-                finally:
-                    os.close(fd)
-            elif kind == stat.S_IFLNK:
-                os.symlink(self.view.readlink(child), name, dir_fd=dir_fd)
-                self._meta(name, dir_fd, child)
-            else:
-                if not self.as_root and kind in (stat.S_IFCHR, stat.S_IFBLK):
-                    continue  # only root may create device nodes, as tar does
-                os.mknod(name, kind | 0o600, os.makedev(a.rdev_major, a.rdev_minor), dir_fd=dir_fd)
-                self._meta(name, dir_fd, child)
+                return None
+            if a.nlink > 1:
+                self.links[child] = path
+            fd = os.open(
+                name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd
+            )
+            try:
+                offset = 0
+                while offset < a.size:
+                    data = self.view.read(child, offset, READ_PIECE)
+                    if not data:
+                        raise FormatError(f"file {path!r} is shorter than its size")
+                    os.write(fd, data)
+                    offset += len(data)
+                    self.bytes += len(data)
+                    if self.progress:
+                        self.progress(len(data))
+                self._meta(fd, None, child)
+            finally:
+                os.close(fd)
+        elif kind == stat.S_IFLNK:
+            os.symlink(self.view.readlink(child), name, dir_fd=dir_fd)
+            self._meta(name, dir_fd, child)
+        else:
+            if not self.as_root and kind in (stat.S_IFCHR, stat.S_IFBLK):
+                return None  # only root may create device nodes, as tar does
+            os.mknod(name, kind | 0o600, os.makedev(a.rdev_major, a.rdev_minor), dir_fd=dir_fd)
+            self._meta(name, dir_fd, child)
+        return None
 
 
 def unpack(
@@ -138,8 +200,7 @@ def unpack(
     try:
         u = _Unpacker(view, root_fd, progress)
         try:
-            u.directory(ROOT_INO, root_fd, b"")
-            u._meta(root_fd, None, ROOT_INO)
+            u.tree()
         except OSError as exc:
             raise TargetError(f"unpack into {dest} failed: {exc}") from None
         return UnpackResult(u.entries, u.bytes, str(dest))

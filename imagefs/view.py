@@ -103,12 +103,20 @@ class FileSystemView:
             yield name, child + 1
 
     def walk(self, ino: int = ROOT_INO, prefix: bytes = b"") -> Iterator[tuple[bytes, int]]:
-        """Every (path, ino) below `ino`, depth-first in name order; paths are root-relative."""
-        for name, child in self.readdir(ino):
-            path = prefix + name
+        """Every (path, ino) below `ino`, depth-first in name order; paths are root-relative.
+        Iterative, so that no nesting depth can exhaust the interpreter's stack."""
+        stack = [(prefix, self.readdir(ino))]
+        while stack:
+            here, children = stack[-1]
+            item = next(children, None)
+            if item is None:
+                stack.pop()
+                continue
+            name, child = item
+            path = here + name
             yield path, child
             if stat.S_ISDIR(self.bootstrap.inode(child - 1).mode):
-                yield from self.walk(child, path + b"/")
+                stack.append((path + b"/", self.readdir(child)))
 
     # -- metadata ----------------------------------------------------------------------------
 

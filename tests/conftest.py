@@ -49,8 +49,10 @@ class Reliability:
 @pytest.fixture
 def reliability(request: pytest.FixtureRequest) -> Iterator[Reliability]:
     rel = Reliability()
-    yield rel
+    # registered before the test runs: the call report copies user_properties when the
+    # test body ends, and holds this same dict, filled in by then
     request.node.user_properties.append(("reliability", rel.figures))
+    yield rel
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
