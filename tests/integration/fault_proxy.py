@@ -32,7 +32,7 @@ import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from tests.integration.http_proxy import HOP_BY_HOP, _serving
+from tests.integration.http_proxy import HOP_BY_HOP, forward, serving
 
 KINDS = ("drop", "stall", "truncate", "flip", "status", "drip")
 
@@ -123,20 +123,13 @@ def run_fault_proxy() -> Iterator[FaultProxy]:
                 self.close_connection = True
                 return
             headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
-            conn = http.client.HTTPConnection(url.netloc, timeout=30)
-            try:
-                target = url.path + (f"?{url.query}" if url.query else "")
-                conn.request(self.command, target, body=body, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
-            finally:
-                conn.close()
+            status, resp_headers, data = forward(self.command, url, body, headers)
             if fault is not None and fault.kind == "flip" and data:
                 flipped = bytearray(data)
                 flipped[len(data) // 2] ^= 0xFF
                 data = bytes(flipped)
-            self.send_response(resp.status)
-            for k, v in resp.getheaders():
+            self.send_response(status)
+            for k, v in resp_headers:
                 if k.lower() not in HOP_BY_HOP and k.lower() != "content-length":
                     self.send_header(k, v)
             self.send_header("Content-Length", str(len(data)))
@@ -166,7 +159,7 @@ def run_fault_proxy() -> Iterator[FaultProxy]:
 
         do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _relay
 
-    with _serving(Handler) as proxy.url:
+    with serving(Handler) as proxy.url:
         try:
             yield proxy
         finally:

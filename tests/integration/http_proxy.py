@@ -24,12 +24,26 @@ from pathlib import Path
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te"}
 
 
+def forward(
+    method: str, url: urllib.parse.SplitResult, body: bytes | None, headers: dict[str, str]
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    """Send one request on to the origin `url` names; its status, headers and whole body."""
+    conn = http.client.HTTPConnection(url.netloc, timeout=30)
+    try:
+        target = url.path + (f"?{url.query}" if url.query else "")
+        conn.request(method, target, body=body, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.getheaders(), resp.read()
+    finally:
+        conn.close()
+
+
 class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
 
 
 @contextlib.contextmanager
-def _serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
     """Serve `handler` on a free loopback port in a thread; yields the base URL."""
     server = _Server(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -79,16 +93,9 @@ def run_proxy(*, strip_range: bool = False, fail_first: int = 0) -> Iterator[Pro
                 for k, v in self.headers.items()
                 if k.lower() not in HOP_BY_HOP and not (strip_range and k.lower() == "range")
             }
-            conn = http.client.HTTPConnection(url.netloc, timeout=30)
-            try:
-                target = url.path + (f"?{url.query}" if url.query else "")
-                conn.request(self.command, target, body=body, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
-            finally:
-                conn.close()
-            self.send_response(resp.status)
-            for k, v in resp.getheaders():
+            status, resp_headers, data = forward(self.command, url, body, headers)
+            self.send_response(status)
+            for k, v in resp_headers:
                 if k.lower() not in HOP_BY_HOP and k.lower() != "content-length":
                     self.send_header(k, v)
             self.send_header("Content-Length", str(len(data)))
@@ -98,7 +105,7 @@ def run_proxy(*, strip_range: bool = False, fail_first: int = 0) -> Iterator[Pro
 
         do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _relay
 
-    with _serving(Handler) as proxy.url:
+    with serving(Handler) as proxy.url:
         yield proxy
 
 
@@ -133,5 +140,5 @@ def run_file_server(root: Path) -> Iterator[FileServer]:
             self.end_headers()
             self.wfile.write(data)
 
-    with _serving(Handler) as files.url:
+    with serving(Handler) as files.url:
         yield files

@@ -70,7 +70,8 @@ def matching(lines: list[str], method: str, uri_part: str, status: int | None = 
     ]
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
@@ -132,7 +133,7 @@ def run_registry(
     root = Path(tempfile.mkdtemp(prefix="ifs-reg-", dir="/tmp"))
     proc: subprocess.Popen[bytes] | None = None
     try:
-        port = port or _free_port()
+        port = port or free_port()
         data = data_dir if data_dir is not None else root / "data"
         auth = ""
         if users:

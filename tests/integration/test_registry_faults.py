@@ -7,7 +7,6 @@ from __future__ import annotations
 import errno
 import random
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -16,19 +15,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Env, Mounter
-from tests.integration.registry_fixture import run_registry
+from tests.integration.registry_fixture import free_port, run_registry
 from tests.support.layers import LayerBuilder
 from tests.support.oci import LayerBlob, write_oci_layout
 
 FILES = {f"data/f{i}.bin": random.Random(i).randbytes(200_000) for i in range(4)}
 TIMEOUT_S = 3.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -62,7 +54,7 @@ def test_registry_down_at_mount_time_is_one_clear_line(imagefs_env: Env, tmp_pat
     _bounded(imagefs_env)
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    ref = f"127.0.0.1:{_free_port()}/faults/img:v1"  # nothing listens there
+    ref = f"127.0.0.1:{free_port()}/faults/img:v1"  # nothing listens there
     started = time.monotonic()
     res = imagefs_env.run("mount", ref, str(mnt), check=False)
     assert res.returncode != 0
@@ -82,7 +74,7 @@ def test_registry_gone_mid_read_gives_eio_then_recovers(
     imagefs_env: Env, mount_image: Mounter, tmp_path: Path, data_dir: Path
 ) -> None:
     _bounded(imagefs_env)
-    port = _free_port()
+    port = free_port()
     with run_registry(port=port, data_dir=data_dir) as reg:
         ref = _convert(imagefs_env, reg.host, tmp_path)
         m = mount_image(ref)

@@ -3,7 +3,6 @@ imagefs mounts at scrape time, and RPC counters."""
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 from pathlib import Path
 
@@ -12,15 +11,9 @@ from fuse_mount.snapshotter.metrics import serve_metrics
 from fuse_mount.snapshotter.service import RPC_STATS
 from imagefs.config import Config
 from tests.conftest import Env, Mounter
+from tests.integration.registry_fixture import free_port
 from tests.support.layers import LayerBuilder
 from tests.support.oci import LayerBlob, write_oci_layout
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def test_metrics_report_mounts_and_rpcs(
@@ -37,7 +30,7 @@ def test_metrics_report_mounts_and_rpcs(
     RPC_STATS.record("Remove", "FAILED_PRECONDITION", 0.002)
 
     config = Config(run_dir=Path(imagefs_env.vars["IMAGEFS_RUN_DIR"]))
-    port = _free_port()
+    port = free_port()
     serve_metrics(f"127.0.0.1:{port}", m.path.parent, lambda p: query(p, config))
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
         text = resp.read().decode()
