@@ -21,7 +21,6 @@ from tests.integration.containerd_fixture import (
     HELLO,
     REPO,
     ContainerdLab,
-    build_busybox_layout,
     chain_ids,
     push,
     run_containerd,
@@ -33,11 +32,6 @@ pytestmark = [pytest.mark.integration]
 
 SANDBOX_REPO, SANDBOX_TAG = "imagefs/pause", "1"  # the fixture's CRI sandbox_image
 REF_NAME = "org.opencontainers.image.ref.name"
-
-
-@pytest.fixture(scope="module")
-def busybox_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_busybox_layout(tmp_path_factory.mktemp("busybox"))
 
 
 def _push_sandbox_image(layout: Path, registry: RunningRegistry) -> str:
@@ -140,14 +134,12 @@ def big_layout(busybox_layout: Path, tmp_path_factory: pytest.TempPathFactory) -
     which the containers below never read."""
     work = tmp_path_factory.mktemp("big")
     bundle = work / "bundle"
-    for args in (
-        ("unpack", "--image", f"{busybox_layout}:busybox", str(bundle)),
-        ("repack", "--image", f"{busybox_layout}:big", str(bundle)),
-    ):
-        if args[0] == "repack":
-            (bundle / "rootfs" / "data").mkdir()
-            (bundle / "rootfs" / "data" / "big.bin").write_bytes(os.urandom(BIG))
-        subprocess.run(["umoci", *args], check=True, capture_output=True, timeout=120)
+    unpack = ["umoci", "unpack", "--image", f"{busybox_layout}:busybox", str(bundle)]
+    subprocess.run(unpack, check=True, capture_output=True, timeout=120)
+    (bundle / "rootfs" / "data").mkdir()
+    (bundle / "rootfs" / "data" / "big.bin").write_bytes(os.urandom(BIG))
+    repack = ["umoci", "repack", "--image", f"{busybox_layout}:big", str(bundle)]
+    subprocess.run(repack, check=True, capture_output=True, timeout=120)
     return busybox_layout
 
 

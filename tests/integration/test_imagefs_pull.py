@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,24 +18,11 @@ from tests.integration.containerd_fixture import (
     HELLO,
     REPO,
     ContainerdLab,
-    build_busybox_layout,
     push,
-    run_containerd,
 )
-from tests.integration.registry_fixture import matching, run_registry
+from tests.integration.registry_fixture import matching
 
 pytestmark = [pytest.mark.integration]
-
-
-@pytest.fixture(scope="module")
-def busybox_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_busybox_layout(tmp_path_factory.mktemp("busybox"))
-
-
-@pytest.fixture
-def lab() -> Iterator[ContainerdLab]:
-    with run_registry() as registry, run_containerd(registry) as lab:
-        yield lab
 
 
 def _imagefs(

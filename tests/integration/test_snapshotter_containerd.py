@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,26 +14,12 @@ from fuse_mount.snapshotter.state import Kind, Snapshot
 from tests.integration.containerd_fixture import (
     HELLO,
     ContainerdLab,
-    build_busybox_layout,
     chain_ids,
     push,
-    run_containerd,
     wait_until,
 )
-from tests.integration.registry_fixture import run_registry
 
 pytestmark = [pytest.mark.integration]
-
-
-@pytest.fixture(scope="module")
-def busybox_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_busybox_layout(tmp_path_factory.mktemp("busybox"))
-
-
-@pytest.fixture
-def lab() -> Iterator[ContainerdLab]:
-    with run_registry() as registry, run_containerd(registry) as lab:
-        yield lab
 
 
 def _committed(lab: ContainerdLab) -> list[Snapshot]:
